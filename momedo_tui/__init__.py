@@ -1,0 +1,7 @@
+"""momedo-tui: a terminal console for the operator of a running momedod.
+
+It talks to the daemon only through the admin socket (the same JSON-lines protocol as
+``momedoctl``, see ``momedod.admin.protocol``), found from the same config file, and shows the
+server's state and its users, refreshed every two seconds. Run it as ``momedo-tui [-c FILE |
+--dev]``; ``r`` refreshes at once, ``q`` quits.
+"""

@@ -1,0 +1,3 @@
+"""momedo messenger server."""
+
+__version__ = "0.1.0"

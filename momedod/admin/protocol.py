@@ -1,0 +1,314 @@
+"""The admin protocol: JSON lines over the daemon's Unix socket (sans-IO).
+
+Theory of operation: a client writes one JSON object per line and reads one reply line per
+request, in order::
+
+    {"id": 7, "cmd": "user.add", "args": {"name": "Anna Schmidt"}}
+    {"id": 7, "ok": true, "result": {"user": {...}, "invite": {...}}}
+    {"id": 7, "ok": false, "error": {"code": "not_found", "message": "no user M8N2-2HTR"}}
+
+Lines are UTF-8 and at most ``MAX_LINE_BYTES`` long. ``id`` is chosen by the client (an
+integer, a string or null) and echoed; a line that is not JSON is answered with id null.
+This module holds only the message shapes, so the daemon, ``momedoctl`` and ``momedo-tui``
+(asyncio) share it; it imports no event loop, no sockets and nothing else of momedod.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+__all__ = [
+    "COMMANDS",
+    "MAX_LINE_BYTES",
+    "AdminError",
+    "AdminErrorCode",
+    "DeviceInfo",
+    "InviteInfo",
+    "Request",
+    "RequestId",
+    "Response",
+    "UserInfo",
+    "decode_request",
+    "decode_response",
+    "encode_request",
+    "encode_response",
+    "format_time",
+    "parse_request",
+    "parse_time",
+]
+
+MAX_LINE_BYTES = 1024 * 1024
+"""Longest request line the server accepts (replies may be longer)."""
+
+RequestId = int | str | None
+
+# Command name -> the argument names it requires (and accepts).
+COMMANDS: dict[str, tuple[str, ...]] = {
+    "server.info": (),
+    "user.add": ("name",),
+    "user.list": (),
+    "user.show": ("user_id",),
+    "user.disable": ("user_id",),
+    "user.enable": ("user_id",),
+    "user.delete": ("user_id",),
+    "user.invite": ("user_id",),
+    "device.list": ("user_id",),
+    "device.revoke": ("user_id", "device_id"),
+}
+
+
+class AdminErrorCode(StrEnum):
+    """The ``error.code`` strings of a failed reply."""
+
+    BAD_REQUEST = "bad_request"  # not a JSON object / missing or mistyped fields
+    UNKNOWN_COMMAND = "unknown_command"
+    NOT_FOUND = "not_found"  # no such user or device
+    INVALID_ARGUMENT = "invalid_argument"  # e.g. a malformed user ID or name
+    CONFLICT = "conflict"  # not possible in the current state (e.g. already revoked)
+    INTERNAL = "internal"  # server-side failure; see the daemon's log
+
+
+class AdminError(Exception):
+    """A failed admin request: ``code`` for programs, ``message`` for the operator."""
+
+    def __init__(self, code: AdminErrorCode, message: str, *, request_id: RequestId = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id  # set when the request could be identified
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class Request:
+    """One admin request."""
+
+    cmd: str
+    args: dict[str, Any] = field(default_factory=dict)
+    id: RequestId = None
+
+
+@dataclass(frozen=True)
+class Response:
+    """One admin reply: ``result`` when it succeeded, ``error`` when not."""
+
+    id: RequestId
+    result: dict[str, Any] | None = None
+    error: AdminError | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True if the request succeeded."""
+        return self.error is None
+
+    def to_json(self) -> dict[str, Any]:
+        """The reply object as it goes on the wire."""
+        if self.error is not None:
+            error = {"code": str(self.error.code), "message": self.error.message}
+            return {"id": self.id, "ok": False, "error": error}
+        return {"id": self.id, "ok": True, "result": self.result or {}}
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode() + b"\n"
+    except UnicodeEncodeError:  # a lone surrogate from a "\ud800" escape: keep it escaped
+        return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+def _valid_id(value: Any) -> bool:
+    return value is None or isinstance(value, str) or type(value) is int
+
+
+def encode_request(request: Request) -> bytes:
+    """One request line, newline-terminated."""
+    return _line({"id": request.id, "cmd": request.cmd, "args": request.args})
+
+
+def parse_request(obj: Any) -> Request:
+    """Check the shape of a decoded request object; raise AdminError(bad_request) if wrong.
+
+    Only the envelope is checked here; whether ``cmd`` exists and its arguments are valid is
+    the handler's business.
+    """
+    if not isinstance(obj, dict):
+        raise AdminError(AdminErrorCode.BAD_REQUEST, "request must be a JSON object")
+    request_id = obj.get("id")
+    if not _valid_id(request_id):
+        raise AdminError(AdminErrorCode.BAD_REQUEST, '"id" must be an integer, a string or null')
+    cmd, args = obj.get("cmd"), obj.get("args", {})
+    if not isinstance(cmd, str):
+        raise AdminError(
+            AdminErrorCode.BAD_REQUEST, 'request needs "cmd" (a string)', request_id=request_id
+        )
+    if not isinstance(args, dict):
+        raise AdminError(
+            AdminErrorCode.BAD_REQUEST, '"args" must be a JSON object', request_id=request_id
+        )
+    extra = sorted(set(obj) - {"id", "cmd", "args"})
+    if extra:
+        raise AdminError(
+            AdminErrorCode.BAD_REQUEST,
+            f"unknown request field(s): {', '.join(extra)}",
+            request_id=request_id,
+        )
+    return Request(cmd=cmd, args=args, id=request_id)
+
+
+def decode_request(line: bytes) -> Request:
+    """Parse one request line (with or without its newline)."""
+    try:
+        obj = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise AdminError(AdminErrorCode.BAD_REQUEST, "request is not valid UTF-8") from None
+    except json.JSONDecodeError as e:
+        message = f"request is not valid JSON: {e.msg}"
+        raise AdminError(AdminErrorCode.BAD_REQUEST, message) from None
+    return parse_request(obj)
+
+
+def encode_response(response: Response) -> bytes:
+    """One reply line, newline-terminated."""
+    return _line(response.to_json())
+
+
+def decode_response(line: bytes) -> Response:
+    """Parse one reply line; a malformed reply raises AdminError(internal)."""
+
+    def bad(why: str) -> AdminError:
+        return AdminError(AdminErrorCode.INTERNAL, f"malformed reply from momedod: {why}")
+
+    try:
+        obj = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise bad("not JSON") from None
+    if not isinstance(obj, dict) or not _valid_id(obj.get("id")):
+        raise bad("not a reply object")
+    if obj.get("ok") is True and isinstance(obj.get("result"), dict):
+        return Response(id=obj["id"], result=obj["result"])
+    error = obj.get("error")
+    if obj.get("ok") is False and isinstance(error, dict):
+        code, message = error.get("code"), error.get("message")
+        if isinstance(code, str) and isinstance(message, str):
+            try:
+                known = AdminErrorCode(code)
+            except ValueError:
+                known = AdminErrorCode.INTERNAL
+            return Response(id=obj["id"], error=AdminError(known, message))
+    raise bad("neither a result nor an error")
+
+
+# --- result shapes -------------------------------------------------------------------------
+
+
+def format_time(ms: int) -> str:
+    """Milliseconds since the epoch as ISO-8601 UTC, e.g. ``2026-12-06T19:00:00Z``."""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO-8601 time from a reply as an aware datetime."""
+    return datetime.fromisoformat(text)
+
+
+def _field(obj: Any, name: str, kind: type | tuple[type, ...]) -> Any:
+    value = obj.get(name) if isinstance(obj, dict) else None
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise AdminError(AdminErrorCode.INTERNAL, f"malformed reply from momedod: bad {name!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    """A user as the admin protocol shows it (``devices`` counts active devices)."""
+
+    user_id: str  # display form, XXXX-XXXX
+    name: str
+    created: str
+    disabled: bool
+    devices: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object ``U``."""
+        return {
+            "user_id": self.user_id,
+            "name": self.name,
+            "created": self.created,
+            "disabled": self.disabled,
+            "devices": self.devices,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any) -> UserInfo:
+        """Parse ``U`` from a reply."""
+        return cls(
+            user_id=_field(obj, "user_id", str),
+            name=_field(obj, "name", str),
+            created=_field(obj, "created", str),
+            disabled=_field(obj, "disabled", bool),
+            devices=_field(obj, "devices", int),
+        )
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """A device as the admin protocol shows it (``mailbox`` = undelivered messages)."""
+
+    device_id: int
+    name: str
+    created: str
+    last_seen: str | None
+    revoked: str | None
+    mailbox: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object ``D``."""
+        return {
+            "device_id": self.device_id,
+            "name": self.name,
+            "created": self.created,
+            "last_seen": self.last_seen,
+            "revoked": self.revoked,
+            "mailbox": self.mailbox,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any) -> DeviceInfo:
+        """Parse ``D`` from a reply."""
+        return cls(
+            device_id=_field(obj, "device_id", int),
+            name=_field(obj, "name", str),
+            created=_field(obj, "created", str),
+            last_seen=_field(obj, "last_seen", (str, type(None))),
+            revoked=_field(obj, "revoked", (str, type(None))),
+            mailbox=_field(obj, "mailbox", int),
+        )
+
+
+@dataclass(frozen=True)
+class InviteInfo:
+    """An invite: the one-time code, the full link to hand out and its expiry."""
+
+    code: str
+    link: str
+    expires: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object ``I``."""
+        return {"code": self.code, "link": self.link, "expires": self.expires}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> InviteInfo:
+        """Parse ``I`` from a reply."""
+        return cls(
+            code=_field(obj, "code", str),
+            link=_field(obj, "link", str),
+            expires=_field(obj, "expires", str),
+        )

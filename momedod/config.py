@@ -1,0 +1,568 @@
+"""momedod configuration: one TOML file validated into frozen dataclasses.
+
+Theory of operation: the file is parsed with ``tomllib`` and every table is checked against a
+schema (``_SECTIONS``) that names each key, how to validate it and a help line. Keys the file
+leaves out keep the dataclass defaults, so the file is effectively deep-merged over the built-in
+defaults; ``[[listener]]`` is an array, so a file that has one replaces the default listener.
+The same schema renders ``default_config_text()`` (shipped as ``etc/momedod.toml``), so the
+documented defaults cannot drift from the real ones. Environment overrides (systemd's
+``$STATE_DIRECTORY`` and ``$RUNTIME_DIRECTORY``) and ``--dev`` are applied after validation.
+
+Every problem is a ``ConfigError`` whose message names the file, the key path and what was
+expected, e.g. ``/etc/momedo/momedod.toml: listener[0].port: expected an integer 1-65535,
+got 'abc'``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+DEFAULT_CONFIG_PATH = Path("/etc/momedo/momedod.toml")
+DEV_STATE_DIR_NAME = ".momedo-dev"
+ADMIN_SOCKET_NAME = "admin.sock"
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("auto", "console", "logfmt", "json")
+STORAGE_ENGINES = ("sqlite",)
+TLS_VERSIONS = ("1.2", "1.3")
+
+MIN_FRAME_BYTES = 1024
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+# A KEY_PUT frame carries the record after u8 type, u32 request_id and a u32 length prefix.
+KEY_PUT_OVERHEAD = 9
+MAX_TIMEOUT_S = 86_400.0
+MAX_COUNT = 2**31 - 1
+MAX_SERVER_NAME_BYTES = 64  # WELCOME.server_name
+MAX_UNIX_PATH_BYTES = 107  # sun_path is 108 bytes including the terminating NUL
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says where and why, on one line."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """``[server]``: identity and state of this server."""
+
+    name: str = "momedo"
+    public_address: str | None = None  # "host:port" for invite links; None: the first listener
+    state_dir: Path = Path("/var/lib/momedo")
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """One ``[[listener]]``: a TLS address/port clients connect to."""
+
+    address: str = "0.0.0.0"
+    port: int = 7443
+    cert: Path | None = None
+    key: Path | None = None
+    max_connections: int = 10000
+    tls_min_version: str = "1.3"
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """``[limits]``: protocol limits, timeouts (seconds) and retention."""
+
+    max_frame_bytes: int = 1048576
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    write_timeout: float = 30.0
+    mailbox_ttl_days: int = 30
+    mailbox_max_messages: int = 10000
+    invite_ttl_hours: int = 168
+    max_recipients: int = 1000
+    max_record_bytes: int = 65536
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """``[admin]``: the operator socket momedoctl and momedo-tui talk to."""
+
+    socket: Path = Path("/run/momedo/admin.sock")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """``[log]``: log verbosity and output format."""
+
+    level: str = "info"
+    format: str = "auto"
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """``[storage]``: the database engine behind the store."""
+
+    engine: str = "sqlite"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration of one momedod process."""
+
+    server: ServerConfig = ServerConfig()
+    listeners: tuple[ListenerConfig, ...] = (ListenerConfig(),)
+    limits: LimitsConfig = LimitsConfig()
+    admin: AdminConfig = AdminConfig()
+    log: LogConfig = LogConfig()
+    storage: StorageConfig = StorageConfig()
+    source: Path | None = None  # the file it was read from; None: built-in defaults
+    dev: bool = False
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    dev: bool = False,
+    environ: Mapping[str, str] = os.environ,
+) -> Config:
+    """Find, read and validate the configuration; raise ConfigError if it is unusable.
+
+    File: ``path`` (``--config``) > ``$MOMEDO_CONFIG`` > ``/etc/momedo/momedod.toml`` if it
+    exists (not with ``dev``) > built-in defaults.
+    """
+    source = find_config_file(path, dev=dev, environ=environ)
+    if source is None:
+        config, socket_set = Config(), False
+    else:
+        config, socket_set = _parse(_read_toml(source), str(source), source.absolute().parent)
+        config = replace(config, source=source.absolute())
+
+    if dev:
+        state_dir = Path.cwd() / DEV_STATE_DIR_NAME
+        listeners: list[ListenerConfig] = []
+        for lc in config.listeners:
+            loopback = replace(lc, address="127.0.0.1")
+            if all(loopback.port != other.port for other in listeners):
+                listeners.append(loopback)
+        return replace(
+            config,
+            server=replace(config.server, state_dir=state_dir),
+            listeners=tuple(listeners),
+            admin=AdminConfig(socket=state_dir / ADMIN_SOCKET_NAME),
+            dev=True,
+        )
+
+    state_directory = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if state_directory:
+        config = replace(config, server=replace(config.server, state_dir=Path(state_directory)))
+    # An explicit [admin] socket wins over $RUNTIME_DIRECTORY: momedoctl runs outside the
+    # service and must find the same socket from the same file.
+    runtime_directory = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if runtime_directory and not socket_set:
+        config = replace(config, admin=AdminConfig(Path(runtime_directory) / ADMIN_SOCKET_NAME))
+    return config
+
+
+def find_config_file(
+    path: Path | None = None, *, dev: bool = False, environ: Mapping[str, str] = os.environ
+) -> Path | None:
+    """The config file ``load_config`` reads, or None for the built-in defaults."""
+    if path is not None:
+        return Path(path)
+    if environ.get("MOMEDO_CONFIG"):
+        return Path(environ["MOMEDO_CONFIG"])
+    if not dev and DEFAULT_CONFIG_PATH.exists():
+        return DEFAULT_CONFIG_PATH
+    return None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid UTF-8 (byte offset {e.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {_syntax_error_text(str(e))}") from None
+
+
+def _syntax_error_text(message: str) -> str:
+    # Python 3.11's TOMLDecodeError only carries the position inside its message.
+    m = re.fullmatch(r"(.*) \(at line (\d+), column (\d+)\)", message)
+    if m:
+        return f"line {m[2]}, column {m[3]}: TOML syntax error: {m[1]}"
+    m = re.fullmatch(r"(.*) \(at end of document\)", message)
+    if m:
+        return f"at end of file: TOML syntax error: {m[1]}"
+    return f"TOML syntax error: {message}"
+
+
+# --- validation ----------------------------------------------------------------------------
+
+
+class _Invalid(Exception):
+    """A value failed its check; ``expected`` completes "expected ...", ``shown`` the value."""
+
+    def __init__(self, expected: str, shown: str | None = None) -> None:
+        super().__init__(expected)
+        self.expected = expected
+        self.shown = shown
+
+
+_Check = Callable[[Any, Path], Any]
+
+
+def _describe(value: Any) -> str:
+    """A value as the operator wrote it in TOML, for "got ..." in messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value if len(value) <= 60 else value[:57] + "...")
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return f"a date/time ({value})"
+
+
+def _string(value: Any, base: Path) -> str:
+    if not isinstance(value, str):
+        raise _Invalid("a string")
+    return value
+
+
+def _choice(*choices: str) -> _Check:
+    expected = "one of " + ", ".join(repr(c) for c in choices)
+
+    def check(value: Any, base: Path) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise _Invalid(expected)
+        return value
+
+    return check
+
+
+def _integer(low: int, high: int, expected: str | None = None) -> _Check:
+    def check(value: Any, base: Path) -> int:
+        # TOML booleans are Python bools, which are ints; a boolean is never a count.
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise _Invalid(expected or f"an integer {low}-{high}")
+        if value < low:
+            raise _Invalid(expected or f"an integer {low}-{high}")
+        if value > high:
+            raise _Invalid(f"at most {high}" if expected else f"an integer {low}-{high}")
+        return value
+
+    return check
+
+
+_count = _integer(1, MAX_COUNT, "a positive integer")
+
+
+def _seconds(value: Any, base: Path) -> float:
+    expected = f"a number of seconds, more than 0 and at most {MAX_TIMEOUT_S:g}"
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise _Invalid(expected)
+    if not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT_S):
+        raise _Invalid(expected)
+    return float(value)
+
+
+def _path(value: Any, base: Path) -> Path:
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise _Invalid("a path (a non-empty string)")
+    return base / value  # an absolute value replaces base
+
+
+def _socket_path(value: Any, base: Path) -> Path:
+    path = _path(value, base)
+    if len(os.fsencode(path)) > MAX_UNIX_PATH_BYTES:
+        raise _Invalid(f"a socket path of at most {MAX_UNIX_PATH_BYTES} bytes", f"{str(path)!r}")
+    return path
+
+
+def _server_name(value: Any, base: Path) -> str:
+    expected = f"a non-empty string of at most {MAX_SERVER_NAME_BYTES} bytes (UTF-8)"
+    if not isinstance(value, str) or not value.strip():
+        raise _Invalid(expected)
+    if len(value.encode()) > MAX_SERVER_NAME_BYTES or not value.isprintable():
+        raise _Invalid(expected)
+    return value
+
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_.])?")
+
+
+def _is_host(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return len(text) <= 253 and _HOSTNAME.fullmatch(text) is not None
+    return True
+
+
+def _listen_address(value: Any, base: Path) -> str:
+    if not isinstance(value, str) or not _is_host(value):
+        raise _Invalid("an IP address or host name (e.g. '0.0.0.0', '::', '127.0.0.1')")
+    return value
+
+
+def _host_port(value: Any, base: Path) -> str:
+    expected = "a 'host:port' address (e.g. 'chat.example.org:7443' or '[2001:db8::1]:7443')"
+    if not isinstance(value, str):
+        raise _Invalid(expected)
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise _Invalid(expected)
+    elif ":" in host:  # an IPv6 address must be bracketed
+        raise _Invalid(expected)
+    if not sep or not _is_host(host) or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise _Invalid(expected)
+    return value
+
+
+@dataclass(frozen=True)
+class _Key:
+    name: str
+    check: _Check
+    help: str
+    example: str | None = None  # TOML value shown for a key whose default is None
+
+
+_SERVER_KEYS = (
+    _Key("name", _server_name, "Server name shown to clients (at most 64 bytes)."),
+    _Key(
+        "public_address",
+        _host_port,
+        '"host:port" that invite links point to. Default: the first listener\'s address\n'
+        "(the machine's host name if that is 0.0.0.0 or ::). Set it on a real server.",
+        example='"chat.example.org:7443"',
+    ),
+    _Key(
+        "state_dir",
+        _path,
+        "Database and generated TLS certificate. $STATE_DIRECTORY (set by systemd's\n"
+        "StateDirectory=) takes precedence.",
+    ),
+)
+_LISTENER_KEYS = (
+    _Key(
+        "address",
+        _listen_address,
+        'IP address to listen on; "0.0.0.0" is every IPv4 address, "::" every IPv6 one.',
+    ),
+    _Key("port", _integer(1, 65535), "TCP port."),
+    _Key(
+        "cert",
+        _path,
+        "PEM certificate chain and private key, both or neither. Without them momedod\n"
+        "generates a self-signed certificate in state_dir; clients pin its fingerprint\n"
+        "from the invite link, so no public CA is needed.",
+        example='"/etc/momedo/tls/fullchain.pem"',
+    ),
+    _Key("key", _path, "", example='"/etc/momedo/tls/privkey.pem"'),
+    _Key("max_connections", _count, "Connections accepted at once; further clients wait."),
+    _Key("tls_min_version", _choice(*TLS_VERSIONS), 'Oldest TLS version accepted: "1.3" or "1.2".'),
+)
+_LIMITS_KEYS = (
+    _Key(
+        "max_frame_bytes",
+        _integer(MIN_FRAME_BYTES, MAX_FRAME_BYTES),
+        "Largest protocol frame in bytes (1024 to 67108864); bounds a message's size.",
+    ),
+    _Key("handshake_timeout", _seconds, "Seconds a client has to finish TLS and sign in."),
+    _Key("idle_timeout", _seconds, "Seconds of silence after which a connection is closed."),
+    _Key("write_timeout", _seconds, "Seconds a client may stall reading before it is dropped."),
+    _Key(
+        "mailbox_ttl_days",
+        _count,
+        "Days an undelivered message waits for an offline device before it is deleted.",
+    ),
+    _Key("mailbox_max_messages", _count, "Undelivered messages kept per device at most."),
+    _Key("invite_ttl_hours", _count, "Hours an invite link stays valid (168 = 7 days)."),
+    _Key("max_recipients", _count, "Devices one message may be addressed to (group size)."),
+    _Key(
+        "max_record_bytes",
+        _count,
+        "Largest key-directory record in bytes (at most max_frame_bytes - 9).",
+    ),
+)
+_ADMIN_KEYS = (
+    _Key(
+        "socket",
+        _socket_path,
+        "Unix socket for momedoctl and momedo-tui (mode 0660). If this key is not set and\n"
+        "$RUNTIME_DIRECTORY is (systemd's RuntimeDirectory=), $RUNTIME_DIRECTORY/admin.sock.",
+    ),
+)
+_LOG_KEYS = (
+    _Key("level", _choice(*LOG_LEVELS), 'One of "debug", "info", "warning", "error".'),
+    _Key(
+        "format",
+        _choice(*LOG_FORMATS),
+        '"auto" (console on a terminal, logfmt under journald, JSON otherwise),\n'
+        '"console", "logfmt" or "json".',
+    ),
+)
+_STORAGE_KEYS = (_Key("engine", _choice(*STORAGE_ENGINES), 'Database engine; only "sqlite" now.'),)
+
+# TOML table name -> (Config attribute, dataclass, keys, help, is an array of tables)
+_SECTIONS: dict[str, tuple[str, type, tuple[_Key, ...], str, bool]] = {
+    "server": ("server", ServerConfig, _SERVER_KEYS, "", False),
+    "listener": (
+        "listeners",
+        ListenerConfig,
+        _LISTENER_KEYS,
+        "One [[listener]] table per address/port clients connect to (TLS). Repeat the\n"
+        "table for more; the first one is used for invite links unless public_address\n"
+        "is set.",
+        True,
+    ),
+    "limits": ("limits", LimitsConfig, _LIMITS_KEYS, "", False),
+    "admin": ("admin", AdminConfig, _ADMIN_KEYS, "", False),
+    "log": ("log", LogConfig, _LOG_KEYS, "", False),
+    "storage": ("storage", StorageConfig, _STORAGE_KEYS, "", False),
+}
+
+
+def _fail(where: str, keypath: str, expected: str, got: str) -> ConfigError:
+    return ConfigError(f"{where}: {keypath}: expected {expected}, got {got}")
+
+
+def _unknown_keys(table: dict[str, Any], known: list[str], prefix: str, where: str) -> None:
+    for name in table:
+        if name not in known:
+            raise ConfigError(f"{where}: {prefix}{name}: unknown key (known: {', '.join(known)})")
+
+
+def _parse_table(
+    table: Any, keypath: str, cls: type, keys: tuple[_Key, ...], where: str, base: Path
+) -> Any:
+    if not isinstance(table, dict):
+        raise _fail(where, keypath, "a table", _describe(table))
+    _unknown_keys(table, [k.name for k in keys], keypath + ".", where)
+    values: dict[str, Any] = {}
+    for key in keys:
+        if key.name in table:
+            value = table[key.name]
+            try:
+                values[key.name] = key.check(value, base)
+            except _Invalid as e:
+                got = e.shown or _describe(value)
+                raise _fail(where, f"{keypath}.{key.name}", e.expected, got) from None
+    return cls(**values)
+
+
+def _parse(data: dict[str, Any], where: str, base: Path) -> tuple[Config, bool]:
+    """Validate a parsed TOML document; also report whether [admin] socket was set."""
+    _unknown_keys(data, list(_SECTIONS), "", where)
+    sections: dict[str, Any] = {}
+    for name, (attr, cls, keys, _, is_array) in _SECTIONS.items():
+        if name not in data:
+            continue
+        if not is_array:
+            sections[attr] = _parse_table(data[name], name, cls, keys, where, base)
+            continue
+        tables = data[name]
+        if not isinstance(tables, list):
+            raise _fail(where, name, f"an array of tables ([[{name}]])", _describe(tables))
+        if not tables:
+            raise _fail(where, name, f"at least one [[{name}]] table", "an empty array")
+        sections[attr] = tuple(
+            _parse_table(t, f"{name}[{i}]", cls, keys, where, base) for i, t in enumerate(tables)
+        )
+    config = Config(**sections)
+    _check_listeners(config.listeners, where)
+    _check_limits(config.limits, where)
+    admin = data.get("admin", {})
+    return config, "socket" in admin
+
+
+def _check_listeners(listeners: tuple[ListenerConfig, ...], where: str) -> None:
+    seen: dict[tuple[str, int], int] = {}
+    for i, lc in enumerate(listeners):
+        if lc.cert is not None and lc.key is None:
+            raise _fail(where, f"listener[{i}].key", "a key file together with cert", "none")
+        if lc.key is not None and lc.cert is None:
+            raise _fail(where, f"listener[{i}].cert", "a certificate together with key", "none")
+        endpoint = (lc.address, lc.port)
+        if endpoint in seen:
+            raise _fail(
+                where,
+                f"listener[{i}]",
+                "a unique address and port",
+                f"{lc.address}:{lc.port} (already used by listener[{seen[endpoint]}])",
+            )
+        seen[endpoint] = i
+
+
+def _check_limits(limits: LimitsConfig, where: str) -> None:
+    most = limits.max_frame_bytes - KEY_PUT_OVERHEAD
+    if limits.max_record_bytes > most:
+        raise _fail(
+            where,
+            "limits.max_record_bytes",
+            f"at most {most} (max_frame_bytes minus the {KEY_PUT_OVERHEAD}-byte frame overhead)",
+            str(limits.max_record_bytes),
+        )
+
+
+# --- the commented default file ------------------------------------------------------------
+
+_HEADER = f"""\
+# momedod configuration.
+#
+# Every key is listed with its built-in default, commented out: uncomment a line
+# and change it to override that default. Unknown keys and wrong types are errors;
+# check a change with `momedod check-config -c FILE` before restarting.
+#
+# momedod reads the first of: `momedod run -c FILE`, $MOMEDO_CONFIG,
+# {DEFAULT_CONFIG_PATH}. Without any it runs on these defaults.
+# Relative paths are relative to the directory of this file.
+# Users, devices and invites are not configured here: use momedoctl.
+"""
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, Path):
+        value = str(value)
+    return tomli_w.dumps({"v": value}).partition("=")[2].strip()
+
+
+def _comment(text: str) -> list[str]:
+    return [f"# {line}" for line in text.splitlines()]
+
+
+def default_config_text() -> str:
+    """The commented default configuration; ``etc/momedod.toml`` is a copy of it."""
+    lines = [_HEADER.rstrip("\n")]
+    for name, (_, cls, keys, help_text, is_array) in _SECTIONS.items():
+        defaults = cls()
+        lines.append("")
+        lines.extend(_comment(help_text))
+        lines.append(f"[[{name}]]" if is_array else f"[{name}]")
+        for key in keys:
+            default = getattr(defaults, key.name)
+            if key.help:
+                lines.append("")
+                lines.extend(_comment(key.help))
+            if default is None:
+                lines.append(f"#{key.name} = {key.example}  # example; not set by default")
+            else:
+                lines.append(f"#{key.name} = {_toml_value(default)}")
+    return "\n".join(lines) + "\n"

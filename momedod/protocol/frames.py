@@ -1,0 +1,779 @@
+"""Frames of wire protocol v1: one frozen dataclass per frame type, their byte layouts, and
+the incremental :class:`FrameDecoder`.
+
+A frame on the wire is ``u32 length | u8 type | u32 request_id | body``; ``length`` counts
+the type byte, the request_id and the body, so it is at least 5. Each dataclass below holds
+``request_id`` as its first field and its own body layout in ``_write``/``_read``, next to
+each other: this file is the one place where the byte layout of every frame is written down
+in code (docs/PROTOCOL.md is the prose version, docs/test-vectors/frames.json the examples).
+
+Decoding is strict (see :mod:`.encoding`): any deviation raises :class:`ProtocolError`.
+Encoding validates field sizes and raises :class:`ValueError` for our own mistakes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import ClassVar, TypeAlias
+
+from .encoding import MAX_U32, USER_ID_LEN, Reader, Writer
+from .errors import ErrorCode, ProtocolError
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_BYTES",
+    "MAX_ACK_SEQS",
+    "MAX_DEVICE_NAME",
+    "MAX_ERROR_MESSAGE",
+    "MAX_INVITE_CODE",
+    "MAX_PART",
+    "MAX_RECIPIENTS_WIRE",
+    "MAX_SERVER_NAME",
+    "MAX_SOFTWARE",
+    "MESSAGE_ID_LEN",
+    "MIN_FRAME_LENGTH",
+    "NONCE_LEN",
+    "PROTOCOL_VERSION",
+    "SIGNATURE_LEN",
+    "TRANSPORT_PUB_LEN",
+    "USER_ID_LEN",
+    "Accepted",
+    "Ack",
+    "Auth",
+    "AuthOk",
+    "Deliver",
+    "Drained",
+    "Enroll",
+    "Error",
+    "Frame",
+    "FrameDecoder",
+    "FrameType",
+    "Hello",
+    "KeyClaim",
+    "KeyGet",
+    "KeyPut",
+    "Keys",
+    "Ok",
+    "Ping",
+    "Pong",
+    "Prekey",
+    "Recipient",
+    "Send",
+    "Welcome",
+    "decode_frame",
+    "encode_frame",
+]
+
+PROTOCOL_VERSION = 1
+"""The only protocol version this implementation speaks."""
+DEFAULT_MAX_FRAME_BYTES = 1_048_576
+"""Frame size limit until the server announces its own in WELCOME."""
+MIN_FRAME_LENGTH = 5
+"""Smallest valid ``length`` prefix: type byte plus request_id, empty body."""
+
+NONCE_LEN = 32
+"""Length of the WELCOME nonce."""
+MESSAGE_ID_LEN = 16
+"""Length of a client-chosen message_id."""
+TRANSPORT_PUB_LEN = 32
+"""Length of an Ed25519 transport public key."""
+SIGNATURE_LEN = 64
+"""Length of an Ed25519 signature."""
+MAX_SOFTWARE = 64
+"""Longest HELLO software string, in UTF-8 bytes."""
+MAX_SERVER_NAME = 64
+"""Longest WELCOME server_name, in UTF-8 bytes."""
+MAX_DEVICE_NAME = 64
+"""Longest ENROLL device_name, in UTF-8 bytes."""
+MAX_INVITE_CODE = 64
+"""Longest ENROLL invite_code, in UTF-8 bytes."""
+MAX_ERROR_MESSAGE = 256
+"""Longest ERROR message, in UTF-8 bytes."""
+MAX_PART = 4096
+"""Longest per-recipient ``part`` of SEND/DELIVER."""
+MAX_ACK_SEQS = 1024
+"""Most seqs in one ACK (at least one is required)."""
+MAX_RECIPIENTS_WIRE = 65535
+"""Most recipients a SEND may carry at all; the server's max_recipients is usually lower."""
+
+_HEADER = struct.Struct(">IBI")  # length, type, request_id
+_LENGTH = struct.Struct(">I")
+_TYPE_AND_ID = struct.Struct(">BI")
+_HEADER_LEN = _HEADER.size  # 9
+_RECIPIENT_MIN_SIZE = USER_ID_LEN + 4 + 4
+
+
+class FrameType(IntEnum):
+    """The u8 type byte of every frame."""
+
+    HELLO = 0x01
+    WELCOME = 0x02
+    ENROLL = 0x03
+    AUTH = 0x04
+    AUTH_OK = 0x05
+    ERROR = 0x06
+    OK = 0x07
+    PING = 0x08
+    PONG = 0x09
+    SEND = 0x10
+    ACCEPTED = 0x11
+    DELIVER = 0x12
+    ACK = 0x13
+    DRAINED = 0x14
+    KEY_PUT = 0x20
+    KEY_GET = 0x21
+    KEYS = 0x22
+    KEY_CLAIM = 0x23
+    PREKEY = 0x24
+
+
+# -- field helpers -----------------------------------------------------------------------
+
+
+def _read_exact_bytes(r: Reader, n: int, what: str) -> bytes:
+    data = r.bytes_(n, what)
+    if len(data) != n:
+        raise ProtocolError(ErrorCode.MALFORMED, f"{what}: must be {n} bytes, got {len(data)}")
+    return data
+
+
+def _write_exact_bytes(w: Writer, data: bytes, n: int, what: str) -> None:
+    if len(data) != n:
+        raise ValueError(f"{what} must be {n} bytes, got {len(data)}")
+    w.bytes_(data)
+
+
+# -- handshake ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """HELLO (client to server): the first frame, offering protocol versions min..max."""
+
+    request_id: int
+    min_version: int
+    max_version: int
+    software: str
+    TYPE: ClassVar[int] = FrameType.HELLO
+
+    def _write(self, w: Writer) -> None:
+        w.u16(self.min_version).u16(self.max_version).string(self.software, MAX_SOFTWARE)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> Hello:
+        return cls(
+            request_id,
+            r.u16("min_version"),
+            r.u16("max_version"),
+            r.string(MAX_SOFTWARE, "software"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """WELCOME (server to client): chosen version, fresh auth nonce, and the server's limits."""
+
+    request_id: int
+    version: int
+    server_name: str
+    nonce: bytes
+    max_frame_bytes: int
+    idle_timeout_ms: int
+    max_recipients: int
+    delivery_window: int
+    TYPE: ClassVar[int] = FrameType.WELCOME
+
+    def _write(self, w: Writer) -> None:
+        w.u16(self.version).string(self.server_name, MAX_SERVER_NAME)
+        w.fixed(self.nonce, NONCE_LEN)
+        w.u32(self.max_frame_bytes).u32(self.idle_timeout_ms).u32(self.max_recipients)
+        w.u32(self.delivery_window)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> Welcome:
+        return cls(
+            request_id,
+            r.u16("version"),
+            r.string(MAX_SERVER_NAME, "server_name"),
+            r.fixed(NONCE_LEN, "nonce"),
+            r.u32("max_frame_bytes"),
+            r.u32("idle_timeout_ms"),
+            r.u32("max_recipients"),
+            r.u32("delivery_window"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Enroll:
+    """ENROLL (client to server): redeem an invite code, registering a new device.
+
+    ``signature`` is the Ed25519 signature by ``transport_pub`` over
+    :func:`momedod.protocol.auth.enroll_message`.
+    """
+
+    request_id: int
+    invite_code: str
+    transport_pub: bytes
+    device_name: str
+    signature: bytes
+    TYPE: ClassVar[int] = FrameType.ENROLL
+
+    def _write(self, w: Writer) -> None:
+        w.string(self.invite_code, MAX_INVITE_CODE)
+        _write_exact_bytes(w, self.transport_pub, TRANSPORT_PUB_LEN, "transport_pub")
+        w.string(self.device_name, MAX_DEVICE_NAME)
+        _write_exact_bytes(w, self.signature, SIGNATURE_LEN, "signature")
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> Enroll:
+        return cls(
+            request_id,
+            r.string(MAX_INVITE_CODE, "invite_code"),
+            _read_exact_bytes(r, TRANSPORT_PUB_LEN, "transport_pub"),
+            r.string(MAX_DEVICE_NAME, "device_name"),
+            _read_exact_bytes(r, SIGNATURE_LEN, "signature"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """AUTH (client to server): log in as an enrolled device.
+
+    ``signature`` is the Ed25519 signature by the device's transport key over
+    :func:`momedod.protocol.auth.auth_message`.
+    """
+
+    request_id: int
+    user_id: str
+    device_id: int
+    signature: bytes
+    TYPE: ClassVar[int] = FrameType.AUTH
+
+    def _write(self, w: Writer) -> None:
+        w.user_id(self.user_id)
+        w.u32(self.device_id)
+        _write_exact_bytes(w, self.signature, SIGNATURE_LEN, "signature")
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> Auth:
+        return cls(
+            request_id,
+            r.user_id(),
+            r.u32("device_id"),
+            _read_exact_bytes(r, SIGNATURE_LEN, "signature"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AuthOk:
+    """AUTH_OK (server to client): the connection is authenticated as user_id/device_id."""
+
+    request_id: int
+    user_id: str
+    device_id: int
+    server_time_ms: int
+    TYPE: ClassVar[int] = FrameType.AUTH_OK
+
+    def _write(self, w: Writer) -> None:
+        w.user_id(self.user_id)
+        w.u32(self.device_id).u64(self.server_time_ms)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> AuthOk:
+        return cls(request_id, r.user_id(), r.u32("device_id"), r.u64("server_time_ms"))
+
+
+# -- generic replies ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """ERROR (server to client): a wire error code and a short message.
+
+    Codes below 32 are fatal (the server closes the connection after this frame); others
+    answer the request with the same request_id. ``code`` is an :class:`ErrorCode` when the
+    code is known, a plain int otherwise (a newer server may send new codes).
+    """
+
+    request_id: int
+    code: int
+    message: str
+    TYPE: ClassVar[int] = FrameType.ERROR
+
+    @property
+    def is_fatal(self) -> bool:
+        """True if the code is < 32, so the connection ends with this frame."""
+        return self.code < 32
+
+    def _write(self, w: Writer) -> None:
+        w.u16(self.code).string(self.message, MAX_ERROR_MESSAGE)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> Error:
+        code: int = r.u16("code")
+        with contextlib.suppress(ValueError):  # a code from a newer server stays an int
+            code = ErrorCode(code)
+        return cls(request_id, code, r.string(MAX_ERROR_MESSAGE, "message"))
+
+
+@dataclass(frozen=True, slots=True)
+class Ok:
+    """OK (server to client): the request with this request_id succeeded (empty body)."""
+
+    request_id: int
+    TYPE: ClassVar[int] = FrameType.OK
+
+    def _write(self, w: Writer) -> None:
+        pass
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> Ok:
+        return cls(request_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """PING (either direction): liveness check; the peer answers PONG with the same values."""
+
+    request_id: int
+    opaque: int
+    TYPE: ClassVar[int] = FrameType.PING
+
+    def _write(self, w: Writer) -> None:
+        w.u64(self.opaque)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> Ping:
+        return cls(request_id, r.u64("opaque"))
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """PONG (either direction): answer to PING, echoing its request_id and opaque value."""
+
+    request_id: int
+    opaque: int
+    TYPE: ClassVar[int] = FrameType.PONG
+
+    def _write(self, w: Writer) -> None:
+        w.u64(self.opaque)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> Pong:
+        return cls(request_id, r.u64("opaque"))
+
+
+# -- messages ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """One recipient device of a SEND, with the ``part`` only that device receives."""
+
+    user_id: str
+    device_id: int
+    part: bytes
+
+    def _write(self, w: Writer) -> None:
+        w.user_id(self.user_id)
+        w.u32(self.device_id).bytes_(self.part, MAX_PART)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Recipient:
+        return cls(r.user_id(), r.u32("device_id"), r.bytes_(MAX_PART, "part"))
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """SEND (client to server): store ``payload`` once for every recipient device.
+
+    Answered with ACCEPTED once durably stored. A retry with the same ``message_id`` from the
+    same device is not stored twice (ACCEPTED with duplicate=True).
+    """
+
+    request_id: int
+    message_id: bytes
+    payload: bytes
+    recipients: tuple[Recipient, ...]
+    TYPE: ClassVar[int] = FrameType.SEND
+
+    def _write(self, w: Writer) -> None:
+        w.fixed(self.message_id, MESSAGE_ID_LEN).bytes_(self.payload)
+        if len(self.recipients) > MAX_RECIPIENTS_WIRE:
+            raise ValueError(f"{len(self.recipients)} recipients, at most 65535 allowed")
+        w.u32(len(self.recipients))
+        for recipient in self.recipients:
+            recipient._write(w)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> Send:
+        message_id = r.fixed(MESSAGE_ID_LEN, "message_id")
+        payload = r.bytes_(MAX_U32, "payload")
+        n = r.count(MAX_RECIPIENTS_WIRE, _RECIPIENT_MIN_SIZE, "recipients")
+        return cls(request_id, message_id, payload, tuple(Recipient._read(r) for _ in range(n)))
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """ACCEPTED (server to client): the SEND with this message_id is durably stored."""
+
+    request_id: int
+    message_id: bytes
+    server_ts_ms: int
+    duplicate: bool
+    TYPE: ClassVar[int] = FrameType.ACCEPTED
+
+    def _write(self, w: Writer) -> None:
+        w.fixed(self.message_id, MESSAGE_ID_LEN).u64(self.server_ts_ms).u8(int(self.duplicate))
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> Accepted:
+        message_id = r.fixed(MESSAGE_ID_LEN, "message_id")
+        server_ts_ms = r.u64("server_ts_ms")
+        flag = r.u8("duplicate")
+        if flag > 1:
+            raise ProtocolError(ErrorCode.MALFORMED, f"duplicate: must be 0 or 1, got {flag}")
+        return cls(request_id, message_id, server_ts_ms, flag == 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """DELIVER (server to client): one mailbox entry; acknowledge ``seq`` with ACK."""
+
+    request_id: int
+    seq: int
+    message_id: bytes
+    server_ts_ms: int
+    payload: bytes
+    part: bytes
+    TYPE: ClassVar[int] = FrameType.DELIVER
+
+    def _write(self, w: Writer) -> None:
+        w.u64(self.seq).fixed(self.message_id, MESSAGE_ID_LEN).u64(self.server_ts_ms)
+        w.bytes_(self.payload).bytes_(self.part, MAX_PART)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> Deliver:
+        return cls(
+            request_id,
+            r.u64("seq"),
+            r.fixed(MESSAGE_ID_LEN, "message_id"),
+            r.u64("server_ts_ms"),
+            r.bytes_(MAX_U32, "payload"),
+            r.bytes_(MAX_PART, "part"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """ACK (client to server): delete these delivered mailbox entries (1..1024 seqs)."""
+
+    request_id: int
+    seqs: tuple[int, ...]
+    TYPE: ClassVar[int] = FrameType.ACK
+
+    def _write(self, w: Writer) -> None:
+        if not self.seqs:
+            raise ValueError("an ACK needs at least one seq")
+        w.u64_list(self.seqs, MAX_ACK_SEQS)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> Ack:
+        seqs = r.u64_list(MAX_ACK_SEQS, "seqs")
+        if not seqs:
+            raise ProtocolError(ErrorCode.MALFORMED, "seqs: at least one seq required")
+        return cls(request_id, seqs)
+
+
+@dataclass(frozen=True, slots=True)
+class Drained:
+    """DRAINED (server to client): the backlog present at login has been delivered.
+
+    Sent once per session; ``last_seq`` is the seq of the last backlog entry, 0 if none.
+    """
+
+    request_id: int
+    last_seq: int
+    TYPE: ClassVar[int] = FrameType.DRAINED
+
+    def _write(self, w: Writer) -> None:
+        w.u64(self.last_seq)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> Drained:
+        return cls(request_id, r.u64("last_seq"))
+
+
+# -- key directory -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPut:
+    """KEY_PUT (client to server): upload one SignedRecord; answered with OK."""
+
+    request_id: int
+    record: bytes
+    TYPE: ClassVar[int] = FrameType.KEY_PUT
+
+    def _write(self, w: Writer) -> None:
+        w.bytes_(self.record)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> KeyPut:
+        return cls(request_id, r.bytes_(MAX_U32, "record"))
+
+
+@dataclass(frozen=True, slots=True)
+class KeyGet:
+    """KEY_GET (client to server): fetch a user's key records; answered with KEYS."""
+
+    request_id: int
+    user_id: str
+    TYPE: ClassVar[int] = FrameType.KEY_GET
+
+    def _write(self, w: Writer) -> None:
+        w.user_id(self.user_id)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> KeyGet:
+        return cls(request_id, r.user_id())
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """KEYS (server to client): a user's key records (identity, device lists, current SPKs)."""
+
+    request_id: int
+    user_id: str
+    records: tuple[bytes, ...]
+    TYPE: ClassVar[int] = FrameType.KEYS
+
+    def _write(self, w: Writer) -> None:
+        w.user_id(self.user_id)
+        w.list_(self.records, Writer.bytes_)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> Keys:
+        user_id = r.user_id()
+        n = r.count(MAX_U32, 4, "records")
+        return cls(request_id, user_id, tuple(r.bytes_(MAX_U32, "record") for _ in range(n)))
+
+
+@dataclass(frozen=True, slots=True)
+class KeyClaim:
+    """KEY_CLAIM (client to server): take one one-time prekey of a device; answered PREKEY."""
+
+    request_id: int
+    user_id: str
+    device_id: int
+    suite: int
+    TYPE: ClassVar[int] = FrameType.KEY_CLAIM
+
+    def _write(self, w: Writer) -> None:
+        w.user_id(self.user_id)
+        w.u32(self.device_id).u16(self.suite)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> KeyClaim:
+        return cls(request_id, r.user_id(), r.u32("device_id"), r.u16("suite"))
+
+
+@dataclass(frozen=True, slots=True)
+class Prekey:
+    """PREKEY (server to client): the claimed one-time prekey record, empty if none is left."""
+
+    request_id: int
+    record: bytes
+    TYPE: ClassVar[int] = FrameType.PREKEY
+
+    def _write(self, w: Writer) -> None:
+        w.bytes_(self.record)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> Prekey:
+        return cls(request_id, r.bytes_(MAX_U32, "record"))
+
+
+Frame: TypeAlias = (
+    Hello
+    | Welcome
+    | Enroll
+    | Auth
+    | AuthOk
+    | Error
+    | Ok
+    | Ping
+    | Pong
+    | Send
+    | Accepted
+    | Deliver
+    | Ack
+    | Drained
+    | KeyPut
+    | KeyGet
+    | Keys
+    | KeyClaim
+    | Prekey
+)
+"""Any frame of protocol v1."""
+
+FRAME_CLASSES: dict[int, type[Frame]] = {
+    cls.TYPE: cls
+    for cls in (
+        Hello,
+        Welcome,
+        Enroll,
+        Auth,
+        AuthOk,
+        Error,
+        Ok,
+        Ping,
+        Pong,
+        Send,
+        Accepted,
+        Deliver,
+        Ack,
+        Drained,
+        KeyPut,
+        KeyGet,
+        Keys,
+        KeyClaim,
+        Prekey,
+    )
+}
+"""Frame class by type byte."""
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """Encode a whole frame, including its u32 length prefix.
+
+    Raises :class:`ValueError` if a field is out of range or of the wrong size.
+    """
+    if not 0 <= frame.request_id <= MAX_U32:
+        raise ValueError(f"request_id out of range: {frame.request_id}")
+    w = Writer()
+    frame._write(w)
+    length = MIN_FRAME_LENGTH + len(w)
+    if length > MAX_U32:
+        raise ValueError(f"frame of {length} bytes cannot be encoded")
+    return w.getvalue(_HEADER.pack(length, frame.TYPE, frame.request_id))
+
+
+def decode_frame(frame_type: int, request_id: int, body: bytes | bytearray | memoryview) -> Frame:
+    """Decode one frame body, given the type byte and request_id from the frame header.
+
+    Raises :class:`ProtocolError`: UNKNOWN_FRAME_TYPE for a type not in protocol v1,
+    MALFORMED if the body does not parse exactly.
+    """
+    cls = FRAME_CLASSES.get(frame_type)
+    if cls is None:
+        raise ProtocolError(ErrorCode.UNKNOWN_FRAME_TYPE, f"unknown frame type 0x{frame_type:02x}")
+    r = Reader(body)
+    try:
+        frame = cls._read(request_id, r)
+        r.finish()
+    except ProtocolError as exc:
+        name = FrameType(frame_type).name
+        raise ProtocolError(exc.code, f"{name}: {exc.message}") from None
+    return frame
+
+
+class FrameDecoder:
+    """Splits a byte stream into frames, incrementally.
+
+    :meth:`feed` whatever arrived; call :meth:`next_frame` until it returns None. Errors are
+    detected as early as possible: a length prefix above ``max_frame_bytes`` raises
+    FRAME_TOO_LARGE as soon as its 4 bytes are in, before any of the body is buffered; an
+    unknown type byte raises UNKNOWN_FRAME_TYPE as soon as it arrives. After an error the
+    decoder is dead: it discards further input and raises the same error again.
+
+    Received bytes go into one ``bytearray``; decoded frames advance an offset, and the
+    consumed prefix is dropped once per :meth:`feed`, so many small frames cost linear time.
+    Frame bodies are parsed in place through a ``memoryview``.
+    """
+
+    __slots__ = ("_buf", "_error", "_max", "_pos")
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+        self._max = _check_max_frame_bytes(max_frame_bytes)
+        self._error: ProtocolError | None = None
+
+    @property
+    def max_frame_bytes(self) -> int:
+        """The largest ``length`` prefix accepted (type + request_id + body)."""
+        return self._max
+
+    @max_frame_bytes.setter
+    def max_frame_bytes(self, value: int) -> None:
+        self._max = _check_max_frame_bytes(value)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as frames (a partial frame at EOF)."""
+        return len(self._buf) - self._pos
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Add received bytes."""
+        if self._error is not None:
+            return
+        if self._pos:
+            try:
+                del self._buf[: self._pos]  # cheap: CPython just moves the buffer start
+            except BufferError:  # defensive: some view of the buffer is still alive
+                self._buf = self._buf[self._pos :]
+            self._pos = 0
+        self._buf += data
+
+    def next_frame(self) -> Frame | None:
+        """Return the next complete frame, or None if more data is needed.
+
+        Raises :class:`ProtocolError` (FRAME_TOO_LARGE, MALFORMED, UNKNOWN_FRAME_TYPE).
+        """
+        if self._error is not None:
+            raise ProtocolError(self._error.code, self._error.message)
+        try:
+            return self._next_frame()
+        except ProtocolError as exc:
+            self._error = exc
+            raise
+
+    def _next_frame(self) -> Frame | None:
+        buf, pos = self._buf, self._pos
+        available = len(buf) - pos
+        if available < 4:
+            return None
+        (length,) = _LENGTH.unpack_from(buf, pos)
+        if length > self._max:
+            raise ProtocolError(
+                ErrorCode.FRAME_TOO_LARGE,
+                f"frame of {length} bytes exceeds the limit of {self._max} bytes",
+            )
+        if length < MIN_FRAME_LENGTH:
+            raise ProtocolError(ErrorCode.MALFORMED, f"frame length {length} is below 5")
+        if available < 5:
+            return None
+        frame_type = buf[pos + 4]
+        cls = FRAME_CLASSES.get(frame_type)
+        if cls is None:
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_FRAME_TYPE, f"unknown frame type 0x{frame_type:02x}"
+            )
+        end = pos + 4 + length
+        if len(buf) < end:
+            return None
+        _, request_id = _TYPE_AND_ID.unpack_from(buf, pos + 4)
+        self._pos = end
+        # Parse the body in place. Both views are released before feed() may resize the
+        # buffer (a bytearray cannot be resized while a view of it exists).
+        with memoryview(buf) as view, view[pos + _HEADER_LEN : end] as body:
+            return decode_frame(frame_type, request_id, body)
+
+
+def _check_max_frame_bytes(value: int) -> int:
+    if not MIN_FRAME_LENGTH <= value <= MAX_U32:
+        raise ValueError(f"max_frame_bytes must be between 5 and {MAX_U32}, got {value}")
+    return value

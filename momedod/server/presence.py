@@ -1,0 +1,68 @@
+"""Which devices are online, and the hooks to wake or disconnect them.
+
+A session registers once it is authenticated. One session per device: a newer login replaces
+the older one. Wake-ups are hints — the mailbox in the store stays the truth — so a wake for a
+device that is offline is simply dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+from momedod.protocol.errors import ErrorCode
+
+Addr = tuple[str, int]
+
+
+class Online(Protocol):
+    """What presence needs from a session."""
+
+    addr: Addr
+
+    def wake(self) -> None: ...
+
+    def kick(self, code: ErrorCode, message: str) -> None: ...
+
+
+class Presence:
+    """Online sessions by device address."""
+
+    def __init__(self) -> None:
+        self._by_addr: dict[Addr, Online] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_addr)
+
+    def register(self, session: Online) -> None:
+        old = self._by_addr.get(session.addr)
+        self._by_addr[session.addr] = session
+        if old is not None and old is not session:
+            old.kick(ErrorCode.SESSION_REPLACED, "this device logged in on a newer connection")
+
+    def unregister(self, session: Online) -> None:
+        if self._by_addr.get(session.addr) is session:
+            del self._by_addr[session.addr]
+
+    def wake(self, addrs: Iterable[Addr]) -> None:
+        for addr in addrs:
+            session = self._by_addr.get(addr)
+            if session is not None:
+                session.wake()
+
+    def disconnect_user(self, user_id: str, code: ErrorCode, message: str) -> int:
+        victims = [s for (uid, _), s in self._by_addr.items() if uid == user_id]
+        for s in victims:
+            s.kick(code, message)
+        return len(victims)
+
+    def disconnect_device(self, addr: Addr, code: ErrorCode, message: str) -> int:
+        session = self._by_addr.get(addr)
+        if session is None:
+            return 0
+        session.kick(code, message)
+        return 1
+
+    def disconnect_all(self, code: ErrorCode, message: str) -> None:
+        for s in list(self._by_addr.values()):
+            s.kick(code, message)

@@ -1,0 +1,498 @@
+"""One client connection: TLS handshake, authentication, requests and mailbox delivery.
+
+Tasks per session, all owned by one nursery:
+- reader: feeds received bytes to the sans-IO ``Connection`` and handles each request in order
+  (a SEND is answered only after the store has committed it);
+- writer: drains the bounded outbox and coalesces everything queued into one ``send_all``;
+- timer: enforces the handshake deadline, pings after half the idle timeout, drops dead peers;
+- pump (after authentication): streams the device's mailbox from the store in seq order, then
+  waits for wake-ups from the router. The store is the only source of deliveries, so live and
+  offline delivery share one ordered path.
+
+A fatal condition calls ``_fatal``: it records the ERROR frame to send last and cancels the
+nursery; ``run`` then sends that frame (unless a write was cut off mid-way, which leaves the
+TLS stream unusable) and closes the transport.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import count
+from typing import Any
+
+import structlog
+import trio
+
+from momedod.protocol import frames as f
+from momedod.protocol.auth import auth_message, enroll_message, verify_signature
+from momedod.protocol.connection import Connection, Role
+from momedod.protocol.errors import ErrorCode, ProtocolError
+from momedod.protocol.invite import normalize_invite_code
+from momedod.protocol.records import (
+    RECORD_DEVICE_LIST,
+    RECORD_IDENTITY,
+    RECORD_PREKEY,
+    parse_record,
+)
+from momedod.protocol.userid import display
+from momedod.server.presence import Presence
+from momedod.store import (
+    InviteExpired,
+    InviteInvalid,
+    MailboxFull,
+    NotFound,
+    Recipient,
+    RecordStale,
+    Store,
+    StoreError,
+    UnknownRecipient,
+    UserDisabled,
+)
+
+log = structlog.get_logger("momedod.session")
+
+PROTOCOL_VERSION = 1
+OUTBOX_FRAMES = 64
+DELIVERY_WINDOW = 256  # DELIVER frames in flight before the client must ACK (sent in WELCOME)
+FETCH_BATCH = 64
+RECV_BYTES = 65536
+FINAL_SEND_TIMEOUT = 2.0
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 1 << 20
+
+_ids = count(1)
+
+
+@dataclass
+class SessionContext:
+    """What every session of one listener shares."""
+
+    store: Store
+    presence: Presence
+    server_name: str
+    fingerprint: Callable[[], bytes]  # current certificate's SHA-256 (changes on reload)
+    max_frame_bytes: int
+    handshake_timeout: float
+    idle_timeout: float
+    write_timeout: float
+    max_recipients: int
+    max_record_bytes: int
+    mailbox_max_messages: int
+    on_event: Callable[[str], None] = lambda _name: None
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Session:
+    """Serve one accepted TLS stream until it closes."""
+
+    def __init__(self, ctx: SessionContext, stream: trio.SSLStream[Any], peer: str) -> None:
+        self.ctx = ctx
+        self.stream = stream
+        self.peer = peer
+        self.id = next(_ids)
+        self.conn = Connection(Role.SERVER, ctx.max_frame_bytes)
+        self.addr: tuple[str, int] = ("", 0)
+        self.authenticated = False
+        self._cert_fp = b""
+        self._nonce = secrets.token_bytes(32)
+        self._out_send, self._out_recv = trio.open_memory_channel[bytes](OUTBOX_FRAMES)
+        self._wake_event = trio.Event()
+        self._inflight: set[int] = set()  # seqs delivered in this session and not yet acked
+        self._acked = trio.Event()
+        self._scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        self._final: bytes | None = None
+        self._write_cut = False
+        self._last_rx = trio.current_time()
+        self._ping_sent = False
+        self._log = log.bind(conn=self.id, peer=peer)
+
+    # --- hooks used by presence -------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake_event.set()
+
+    def kick(self, code: ErrorCode, message: str) -> None:
+        self._fatal(code, message)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            with trio.move_on_after(self.ctx.handshake_timeout) as hs:
+                await self.stream.do_handshake()
+            if hs.cancelled_caught:
+                self._log.info("tls.handshake_timeout")
+                self.ctx.on_event("handshake_timeout")
+                return
+            self._cert_fp = self.ctx.fingerprint()
+            async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
+                self._nursery = nursery
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._timer)
+                nursery.start_soon(self._reader)
+            if self._final and not self._write_cut:
+                with trio.move_on_after(FINAL_SEND_TIMEOUT):
+                    await self.stream.send_all(self._final)
+                    await self._linger()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as e:
+            self._log.debug("connection.lost", reason=type(e).__name__)
+        finally:
+            if self.authenticated:
+                self.ctx.presence.unregister(self)
+            await trio.aclose_forcefully(self.stream)
+            self._log.debug("connection.closed")
+
+    async def _linger(self) -> None:
+        # Closing with unread input makes the kernel send a TCP RST, which can overtake the
+        # ERROR frame we just sent (e.g. the rest of an oversized frame is still arriving).
+        # Read and discard until the peer closes, for a bounded time and amount.
+        # Half-close first, so the peer sees the end of the stream at once.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            await self.stream.transport_stream.send_eof()
+        discarded = 0
+        with trio.move_on_after(LINGER_SECONDS):
+            while discarded < LINGER_BYTES:
+                data = await self.stream.receive_some(RECV_BYTES)
+                if not data:
+                    return
+                discarded += len(data)
+
+    def _fatal(self, code: ErrorCode, message: str) -> None:
+        if self._final is None:
+            try:
+                self._final = self.conn.send(f.Error(0, int(code), message))
+            except Exception:
+                self._final = b""
+            self._log.info("connection.error", code=code.name, reason=message)
+        if self._scope is not None:
+            self._scope.cancel()
+
+    # --- tasks ------------------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        async for first in self._out_recv:
+            chunks = [first]
+            while True:
+                try:
+                    chunks.append(self._out_recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            self._write_cut = True
+            try:
+                # Shielded: a cancelled send_all leaves the TLS stream unusable, and the final
+                # ERROR of a closing session must still get through. The timeout bounds it.
+                with trio.CancelScope(shield=True), trio.fail_after(self.ctx.write_timeout):
+                    await self.stream.send_all(b"".join(chunks))
+            except trio.TooSlowError:
+                self._log.info("connection.write_timeout")
+                self._final = b""
+                assert self._scope is not None
+                self._scope.cancel()
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._final = b""
+                assert self._scope is not None
+                self._scope.cancel()
+                return
+            self._write_cut = False
+
+    async def _timer(self) -> None:
+        deadline = trio.current_time() + self.ctx.handshake_timeout
+        while not self.authenticated:
+            if trio.current_time() >= deadline:
+                self._fatal(ErrorCode.TIMEOUT, "authentication not completed in time")
+                return
+            await trio.sleep_until(min(deadline, trio.current_time() + 0.25))
+        idle = self.ctx.idle_timeout
+        while True:
+            silent = trio.current_time() - self._last_rx
+            if silent >= idle:
+                self._fatal(ErrorCode.TIMEOUT, "idle timeout")
+                return
+            if silent >= idle / 2 and not self._ping_sent:
+                self._ping_sent = True
+                await self._send(f.Ping(0, secrets.randbits(64)))
+            wait = (idle / 2 - silent) if not self._ping_sent else (idle - silent)
+            await trio.sleep(max(wait, 0.05))
+
+    async def _reader(self) -> None:
+        while True:
+            try:
+                data = await self.stream.receive_some(RECV_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:  # the peer went away; nothing more to say to it
+                self._final = b""
+                assert self._scope is not None
+                self._scope.cancel()
+                return
+            self._last_rx = trio.current_time()
+            self._ping_sent = False
+            try:
+                self.conn.receive_data(data)
+                while (frame := self.conn.next_event()) is not None:
+                    try:
+                        await self._handle(frame)
+                    except StoreError as e:
+                        if not self.authenticated:
+                            raise ProtocolError(ErrorCode.SERVER_BUSY, "storage failure") from e
+                        self._log.error("store.failed", request=type(frame).__name__, error=str(e))
+                        await self._error(
+                            frame.request_id, ErrorCode.INTERNAL, "storage failure; retry later"
+                        )
+            except ProtocolError as e:
+                self.ctx.on_event("protocol_error")
+                self._fatal(e.code, e.message)
+                return
+
+    async def _pump(self) -> None:
+        store, (uid, did) = self.ctx.store, self.addr
+        cursor = 0
+        drained = False
+        while True:
+            wake = self._wake_event = trio.Event()
+            entries = await store.fetch(uid, did, cursor, FETCH_BATCH)
+            for e in entries:
+                while len(self._inflight) >= DELIVERY_WINDOW:
+                    self._acked = trio.Event()
+                    await self._acked.wait()
+                self._inflight.add(e.seq)
+                await self._send(
+                    f.Deliver(0, e.seq, e.message_id, e.server_ts_ms, e.payload, e.part)
+                )
+                cursor = e.seq
+            if len(entries) == FETCH_BATCH:
+                continue
+            if not drained:
+                drained = True
+                await self._send(f.Drained(0, cursor))
+            await wake.wait()
+
+    async def _send(self, frame: f.Frame) -> None:
+        if self._final is not None:  # closing: only the final ERROR goes out now
+            return
+        await self._out_send.send(self.conn.send(frame))
+
+    async def _error(self, request_id: int, code: ErrorCode, message: str) -> None:
+        await self._send(f.Error(request_id, int(code), message))
+
+    # --- requests ---------------------------------------------------------------------------
+
+    async def _handle(self, frame: f.Frame) -> None:
+        if isinstance(frame, f.Send):
+            await self._on_send(frame)
+        elif isinstance(frame, f.Ack):
+            await self.ctx.store.ack(*self.addr, frame.seqs)
+            self._inflight.difference_update(frame.seqs)
+            self._acked.set()
+            await self._send(f.Ok(frame.request_id))
+        elif isinstance(frame, f.Ping):
+            await self._send(f.Pong(frame.request_id, frame.opaque))
+        elif isinstance(frame, f.Pong):
+            pass
+        elif isinstance(frame, f.KeyPut):
+            await self._on_key_put(frame)
+        elif isinstance(frame, f.KeyGet):
+            try:
+                records = await self.ctx.store.get_records(frame.user_id)
+            except NotFound:
+                await self._error(
+                    frame.request_id, ErrorCode.NOT_FOUND, f"no user {display(frame.user_id)}"
+                )
+                return
+            await self._send(self._fit_keys(frame.request_id, frame.user_id, records))
+        elif isinstance(frame, f.KeyClaim):
+            try:
+                record = await self.ctx.store.claim_prekey(
+                    frame.user_id, frame.device_id, frame.suite
+                )
+            except NotFound:
+                await self._error(
+                    frame.request_id,
+                    ErrorCode.NOT_FOUND,
+                    f"no device {display(frame.user_id)}/{frame.device_id}",
+                )
+                return
+            await self._send(f.Prekey(frame.request_id, record or b""))
+        elif isinstance(frame, f.Hello):
+            await self._on_hello(frame)
+        elif isinstance(frame, f.Auth):
+            await self._on_auth(frame)
+        elif isinstance(frame, f.Enroll):
+            await self._on_enroll(frame)
+        else:  # the state machine admits nothing else from a client
+            raise ProtocolError(ErrorCode.UNEXPECTED_FRAME, f"unexpected {type(frame).__name__}")
+
+    def _fit_keys(self, request_id: int, user_id: str, records: list[bytes]) -> f.Keys:
+        """KEYS within max_frame_bytes: drop the oldest history, keep the newest and SPKs."""
+        limit = self.ctx.max_frame_bytes + 4
+        size = len(f.encode_frame(f.Keys(request_id, user_id, ())))
+        size += sum(4 + len(r) for r in records)
+        if size > limit:
+            kinds = [parse_record(r).record_type for r in records]
+            for kind in (RECORD_IDENTITY, RECORD_DEVICE_LIST):
+                idx = [i for i, k in enumerate(kinds) if k == kind][:-1]  # keep the newest
+                for i in idx:
+                    if size <= limit:
+                        break
+                    size -= 4 + len(records[i])
+                    records[i] = b""
+            records = [r for r in records if r]
+        return f.Keys(request_id, user_id, tuple(records))
+
+    async def _on_hello(self, frame: f.Hello) -> None:
+        if not frame.min_version <= PROTOCOL_VERSION <= frame.max_version:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"server speaks protocol version {PROTOCOL_VERSION} only",
+            )
+        await self._send(
+            f.Welcome(
+                frame.request_id,
+                PROTOCOL_VERSION,
+                self.ctx.server_name,
+                self._nonce,
+                self.ctx.max_frame_bytes,
+                int(self.ctx.idle_timeout * 1000),
+                self.ctx.max_recipients,
+                DELIVERY_WINDOW,
+            )
+        )
+
+    async def _on_auth(self, frame: f.Auth) -> None:
+        device = await self.ctx.store.get_device(frame.user_id, frame.device_id)
+        msg = auth_message(self._nonce, self._cert_fp, frame.user_id, frame.device_id)
+        if device is None or not verify_signature(device.transport_pub, frame.signature, msg):
+            self.ctx.on_event("auth_failed")
+            raise ProtocolError(ErrorCode.AUTH_FAILED, "unknown device or bad signature")
+        if device.revoked_ms is not None:
+            raise ProtocolError(ErrorCode.DEVICE_REVOKED, "this device has been revoked")
+        user = await self.ctx.store.get_user(frame.user_id)
+        if user is None:
+            raise ProtocolError(ErrorCode.AUTH_FAILED, "unknown device or bad signature")
+        if user.disabled:
+            raise ProtocolError(ErrorCode.USER_DISABLED, "this account is disabled")
+        await self._authenticated(frame.request_id, frame.user_id, frame.device_id)
+
+    async def _on_enroll(self, frame: f.Enroll) -> None:
+        msg = enroll_message(self._nonce, self._cert_fp, frame.invite_code, frame.transport_pub)
+        if not verify_signature(frame.transport_pub, frame.signature, msg):
+            self.ctx.on_event("auth_failed")
+            raise ProtocolError(ErrorCode.AUTH_FAILED, "bad enrollment signature")
+        try:
+            device = await self.ctx.store.redeem_invite(
+                normalize_invite_code(frame.invite_code),
+                frame.transport_pub,
+                frame.device_name,
+                now_ms(),
+            )
+        except InviteExpired:
+            raise ProtocolError(ErrorCode.INVITE_EXPIRED, "invite has expired") from None
+        except InviteInvalid:
+            raise ProtocolError(
+                ErrorCode.INVITE_INVALID, "unknown or already used invite"
+            ) from None
+        except UserDisabled:
+            raise ProtocolError(ErrorCode.USER_DISABLED, "this account is disabled") from None
+        self._log.info("device.enrolled", user=device.user_id, device=device.device_id)
+        await self._authenticated(frame.request_id, device.user_id, device.device_id)
+
+    async def _authenticated(self, request_id: int, user_id: str, device_id: int) -> None:
+        self.addr = (user_id, device_id)
+        await self._send(f.AuthOk(request_id, user_id, device_id, now_ms()))
+        self.authenticated = True
+        self._log = self._log.bind(user=user_id, device=device_id)
+        self._log.info("session.authenticated")
+        self.ctx.presence.register(self)
+        await self.ctx.store.touch_device(user_id, device_id, now_ms())
+        assert self._nursery is not None
+        self._nursery.start_soon(self._pump)
+
+    async def _on_send(self, frame: f.Send) -> None:
+        rid = frame.request_id
+        n = len(frame.recipients)
+        if not 1 <= n <= self.ctx.max_recipients:
+            await self._error(
+                rid,
+                ErrorCode.TOO_MANY_RECIPIENTS,
+                f"{n} recipients; allowed 1-{self.ctx.max_recipients}",
+            )
+            return
+        addrs = {(r.user_id, r.device_id) for r in frame.recipients}
+        if len(addrs) != n:
+            await self._error(rid, ErrorCode.BAD_REQUEST, "a recipient device is named twice")
+            return
+        try:
+            result = await self.ctx.store.enqueue(
+                self.addr,
+                frame.message_id,
+                frame.payload,
+                [Recipient(r.user_id, r.device_id, r.part) for r in frame.recipients],
+                now_ms(),
+                self.ctx.mailbox_max_messages,
+            )
+        except UnknownRecipient as e:
+            await self._error(
+                rid,
+                ErrorCode.UNKNOWN_RECIPIENT,
+                f"unknown recipient {display(e.user_id)}/{e.device_id}",
+            )
+            return
+        except MailboxFull as e:
+            await self._error(
+                rid,
+                ErrorCode.MAILBOX_FULL,
+                f"mailbox of {display(e.user_id)}/{e.device_id} is full",
+            )
+            return
+        await self._send(f.Accepted(rid, frame.message_id, result.server_ts_ms, result.duplicate))
+        self.ctx.on_event("message_accepted")
+        self.ctx.presence.wake(result.devices)
+
+    async def _on_key_put(self, frame: f.KeyPut) -> None:
+        rid, (uid, did) = frame.request_id, self.addr
+        if len(frame.record) > self.ctx.max_record_bytes:
+            await self._error(
+                rid,
+                ErrorCode.RECORD_TOO_LARGE,
+                f"record of {len(frame.record)} bytes; limit {self.ctx.max_record_bytes}",
+            )
+            return
+        try:
+            info = parse_record(frame.record)
+        except ProtocolError as e:
+            await self._error(rid, e.code, e.message)
+            return
+        if info.user_id != uid or (info.record_type == RECORD_PREKEY and info.device_id != did):
+            await self._error(
+                rid,
+                ErrorCode.RECORD_FORBIDDEN,
+                "records may only be published for your own user and device",
+            )
+            return
+        store, ts = self.ctx.store, now_ms()
+        try:
+            if info.record_type == RECORD_IDENTITY:
+                await store.put_identity(uid, frame.record, ts)
+            elif info.record_type == RECORD_DEVICE_LIST:
+                assert info.version is not None
+                await store.put_device_list(uid, info.version, frame.record, ts)
+            else:
+                assert info.prekey_kind is not None and info.key_id is not None
+                await store.put_prekey(
+                    uid, did, info.suite, info.prekey_kind, info.key_id, frame.record, ts
+                )
+        except RecordStale as e:
+            await self._error(rid, ErrorCode.RECORD_STALE, str(e))
+            return
+        await self._send(f.Ok(rid))

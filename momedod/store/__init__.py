@@ -1,0 +1,84 @@
+"""momedod's storage: the :class:`Store` interface, its types and errors, and ``open_store``.
+
+Code above the store uses only what this package exports; it never assumes SQLite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from momedod.store.base import (
+    Device,
+    DeviceRevoked,
+    EnqueueResult,
+    Invite,
+    InviteExpired,
+    InviteInvalid,
+    MailboxEntry,
+    MailboxFull,
+    NotFound,
+    Recipient,
+    RecordStale,
+    StorageFull,
+    Store,
+    StoreError,
+    StoreStats,
+    UnknownRecipient,
+    User,
+    UserDisabled,
+)
+
+__all__ = [
+    "ENGINES",
+    "Device",
+    "DeviceRevoked",
+    "EnqueueResult",
+    "Invite",
+    "InviteExpired",
+    "InviteInvalid",
+    "MailboxEntry",
+    "MailboxFull",
+    "NotFound",
+    "Recipient",
+    "RecordStale",
+    "StorageFull",
+    "Store",
+    "StoreError",
+    "StoreStats",
+    "UnknownRecipient",
+    "User",
+    "UserDisabled",
+    "open_store",
+]
+
+ENGINES = ("sqlite",)
+"""Storage engines this build knows (``[storage] engine`` in the config)."""
+
+
+@asynccontextmanager
+async def open_store(
+    engine: str,
+    path: Path,
+    *,
+    new_user_id: Callable[[], str] | None = None,
+    new_invite_code: Callable[[], str] | None = None,
+) -> AsyncIterator[Store]:
+    """Open the store of the state directory ``path`` (must run inside trio).
+
+    ``async with open_store("sqlite", state_dir) as store: ...`` -- the store is closed
+    (queued writes finished) when the block exits. ``new_user_id``/``new_invite_code``
+    replace the ID and invite-code generators (tests). Raises StoreError for an unknown
+    engine or a database that cannot be opened.
+    """
+    if engine != "sqlite":
+        raise StoreError(f"unknown storage engine {engine!r} (known: {', '.join(ENGINES)})")
+    from momedod.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(path, new_user_id=new_user_id, new_invite_code=new_invite_code)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()

@@ -1,0 +1,332 @@
+"""Store types and the engine-neutral interface.
+
+Everything above the store (server, admin) talks to a :class:`Store` and catches
+:class:`StoreError`. Nothing here knows which database is underneath: the SQLite engine
+lives in :mod:`momedod.store.sqlite`, a PostgreSQL engine can implement the same class.
+All times are passed in as milliseconds since the Unix epoch; the store never reads a clock.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "Device",
+    "DeviceRevoked",
+    "EnqueueResult",
+    "Invite",
+    "InviteExpired",
+    "InviteInvalid",
+    "MailboxEntry",
+    "MailboxFull",
+    "NotFound",
+    "Recipient",
+    "RecordStale",
+    "StorageFull",
+    "Store",
+    "StoreError",
+    "StoreStats",
+    "UnknownRecipient",
+    "User",
+    "UserDisabled",
+    "display_device",
+    "display_user",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """A user account. ``deleted`` users are tombstones that keep their ID reserved."""
+
+    user_id: str
+    name: str
+    created_ms: int
+    disabled: bool
+    deleted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """One device of a user; ``device_id`` counts from 1 per user and is never reused."""
+
+    user_id: str
+    device_id: int
+    name: str
+    transport_pub: bytes
+    created_ms: int
+    revoked_ms: int | None
+    last_seen_ms: int | None
+    mailbox_count: int
+
+    @property
+    def active(self) -> bool:
+        """True unless the device has been revoked."""
+        return self.revoked_ms is None
+
+
+@dataclass(frozen=True, slots=True)
+class Invite:
+    """A one-time enrollment code for a user. ``code`` is only known when it is created."""
+
+    user_id: str
+    code: str
+    created_ms: int
+    expires_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """One recipient device of a message and its per-device ``part`` (e.g. a wrapped key)."""
+
+    user_id: str
+    device_id: int
+    part: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueResult:
+    """Outcome of :meth:`Store.enqueue`.
+
+    ``devices`` lists the recipient devices to wake; it is empty for a duplicate, and
+    ``server_ts_ms`` is then the timestamp of the original submission.
+    """
+
+    duplicate: bool
+    server_ts_ms: int
+    devices: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxEntry:
+    """A stored message waiting in a device's mailbox."""
+
+    seq: int
+    message_id: bytes
+    server_ts_ms: int
+    payload: bytes
+    part: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """Counts for operators: non-deleted users, active devices, queued entries, payloads."""
+
+    users: int
+    devices: int
+    mailbox_entries: int
+    payloads: int
+
+
+def display_user(user_id: str) -> str:
+    """Operator-readable user ID, e.g. ``M8N2-2HTR`` for the canonical ``M8N22HTR``."""
+    return f"{user_id[:4]}-{user_id[4:]}" if len(user_id) == 8 else user_id
+
+
+def display_device(user_id: str, device_id: int) -> str:
+    """Operator-readable device address, e.g. ``M8N2-2HTR/3``."""
+    return f"{display_user(user_id)}/{device_id}"
+
+
+class StoreError(Exception):
+    """Base class of every store failure; the message is meant for an operator."""
+
+
+class NotFound(StoreError):
+    """Unknown user or device (deleted users count as unknown)."""
+
+
+class InviteInvalid(StoreError):
+    """The invite code is unknown or was already used."""
+
+
+class InviteExpired(StoreError):
+    """The invite code is past its expiry time."""
+
+
+class UserDisabled(StoreError):
+    """The user has been disabled by an operator."""
+
+
+class DeviceRevoked(StoreError):
+    """The device has been revoked."""
+
+
+class UnknownRecipient(StoreError):
+    """A recipient device does not exist, is revoked, or its user is disabled or deleted."""
+
+    def __init__(self, user_id: str, device_id: int) -> None:
+        super().__init__(f"unknown recipient device {display_device(user_id, device_id)}")
+        self.user_id = user_id
+        self.device_id = device_id
+
+
+class MailboxFull(StoreError):
+    """A recipient device's mailbox already holds the maximum number of entries."""
+
+    def __init__(self, user_id: str, device_id: int, limit: int) -> None:
+        super().__init__(
+            f"mailbox of device {display_device(user_id, device_id)} is full ({limit} entries)"
+        )
+        self.user_id = user_id
+        self.device_id = device_id
+        self.limit = limit
+
+
+class RecordStale(StoreError):
+    """A key record is a duplicate or not newer than the stored one."""
+
+
+class StorageFull(StoreError):
+    """The storage medium is full (e.g. SQLITE_FULL); the operation was not stored."""
+
+
+class Store(abc.ABC):
+    """The storage interface of momedod.
+
+    Every method is a coroutine. A write returns only after it is durably committed; if the
+    calling task is cancelled while waiting, the write may still commit (its result is lost).
+    """
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish queued writes and release the database. Idempotent."""
+
+    # -- users and invites ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_user(self, name: str, now_ms: int, invite_ttl_ms: int) -> tuple[User, Invite]:
+        """Create a user with a fresh, never-used ID and its first invite."""
+
+    @abc.abstractmethod
+    async def get_user(self, user_id: str) -> User | None:
+        """Return the user, or None if unknown or deleted."""
+
+    @abc.abstractmethod
+    async def list_users(self) -> list[User]:
+        """All users that are not deleted, in creation order."""
+
+    @abc.abstractmethod
+    async def set_user_disabled(self, user_id: str, disabled: bool) -> User:
+        """Disable or enable a user. Raises NotFound."""
+
+    @abc.abstractmethod
+    async def delete_user(self, user_id: str, now_ms: int | None = None) -> None:
+        """Delete a user: revoke its devices, drop their mailboxes, prekeys, the user's key
+        records and invites, and keep a tombstone so the ID is never reused. Raises NotFound.
+        ``now_ms`` is the revocation time recorded on the devices (default: wall clock)."""
+
+    @abc.abstractmethod
+    async def new_invite(self, user_id: str, now_ms: int, ttl_ms: int) -> Invite:
+        """Create a new invite for the user; older unused invites stop working. NotFound."""
+
+    @abc.abstractmethod
+    async def redeem_invite(
+        self, code: str, transport_pub: bytes, device_name: str, now_ms: int
+    ) -> Device:
+        """Use an invite: mark it used and create the user's next device.
+
+        Raises InviteInvalid (unknown or used), InviteExpired or UserDisabled.
+        """
+
+    # -- devices -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def get_device(self, user_id: str, device_id: int) -> Device | None:
+        """Return the device (revoked ones included), or None if it or its user is unknown."""
+
+    @abc.abstractmethod
+    async def list_devices(self, user_id: str) -> list[Device]:
+        """All devices of the user, revoked ones included, by device_id. Raises NotFound."""
+
+    @abc.abstractmethod
+    async def revoke_device(self, user_id: str, device_id: int, now_ms: int) -> Device:
+        """Revoke a device and delete its mailbox and prekeys. Raises NotFound.
+
+        Revoking an already revoked device keeps its original revocation time.
+        """
+
+    @abc.abstractmethod
+    async def touch_device(self, user_id: str, device_id: int, now_ms: int) -> None:
+        """Record that the device was seen now. Raises NotFound."""
+
+    # -- mailboxes -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def enqueue(
+        self,
+        sender: tuple[str, int],
+        message_id: bytes,
+        payload: bytes,
+        recipients: Sequence[Recipient],
+        now_ms: int,
+        max_per_device: int,
+    ) -> EnqueueResult:
+        """Store a message for every recipient device, all or nothing.
+
+        The payload is stored once and shared by all recipients; each recipient device gets
+        the next value of its own sequence counter. A repeat of the same ``message_id`` by
+        the same sender device (within the mailbox TTL) stores nothing and returns
+        ``duplicate=True``. Raises UnknownRecipient, MailboxFull, or ValueError for an empty
+        or repeated recipient list.
+        """
+
+    @abc.abstractmethod
+    async def fetch(
+        self, user_id: str, device_id: int, after_seq: int, limit: int
+    ) -> list[MailboxEntry]:
+        """Up to ``limit`` mailbox entries with seq > ``after_seq``, ascending. NotFound."""
+
+    @abc.abstractmethod
+    async def ack(self, user_id: str, device_id: int, seqs: Sequence[int]) -> int:
+        """Delete the given entries (unknown seqs are ignored); return how many were removed.
+
+        Payloads no longer referenced by any mailbox are freed. Raises NotFound.
+        """
+
+    @abc.abstractmethod
+    async def expire(self, now_ms: int, ttl_ms: int) -> int:
+        """Drop mailbox entries and dedup keys older than ``ttl_ms``; return entries dropped."""
+
+    # -- key directory -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def put_identity(self, user_id: str, record: bytes, now_ms: int) -> None:
+        """Append an identity record. RecordStale if identical bytes are stored; NotFound."""
+
+    @abc.abstractmethod
+    async def put_device_list(self, user_id: str, version: int, record: bytes, now_ms: int) -> None:
+        """Append a device list. RecordStale unless ``version`` is above the latest; NotFound."""
+
+    @abc.abstractmethod
+    async def put_prekey(
+        self,
+        user_id: str,
+        device_id: int,
+        suite: int,
+        kind: int,
+        key_id: int,
+        record: bytes,
+        now_ms: int,
+    ) -> None:
+        """Store a prekey record: kind 1 (SPK) replaces the current SPK of (device, suite);
+        kind 2 (OTPK) joins the pool (the same key_id again: RecordStale).
+        Raises NotFound, DeviceRevoked, or ValueError for another kind."""
+
+    @abc.abstractmethod
+    async def get_records(self, user_id: str) -> list[bytes]:
+        """Identity records in upload order, device lists by version, then the current SPK
+        of every active device (by device_id, suite). Never OTPKs. Raises NotFound."""
+
+    @abc.abstractmethod
+    async def claim_prekey(self, user_id: str, device_id: int, suite: int) -> bytes | None:
+        """Remove and return the oldest OTPK of (device, suite), or None. Raises NotFound."""
+
+    @abc.abstractmethod
+    async def count_prekeys(self, user_id: str, device_id: int, suite: int) -> int:
+        """Number of unclaimed OTPKs of (device, suite). Raises NotFound."""
+
+    @abc.abstractmethod
+    async def stats(self) -> StoreStats:
+        """Counts for the operator's server overview."""

@@ -1,0 +1,144 @@
+"""SQLite schema, as an ordered list of migrations.
+
+Migration ``n`` (1-based) brings the database from schema version ``n - 1`` to ``n``. Each
+is applied in its own transaction together with the update of ``schema_version``, so a crash
+leaves the database at a whole version. Never edit a released migration: append a new one.
+
+Conventions the transaction functions in :mod:`momedod.store.txn` rely on (a PostgreSQL
+schema must keep them): booleans are 0/1 integers; ``payloads.refs`` counts the mailbox rows
+that reference a payload and ``devices.mailbox_count`` the rows of a device's mailbox, both
+maintained in the same transaction as the rows; no table stores the sender of a message.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from momedod.store.base import StoreError
+
+__all__ = ["SQLITE_MIGRATIONS", "migrate", "schema_version"]
+
+# mailbox.payload_id deliberately has no FOREIGN KEY: freeing a payload would then need an
+# index on mailbox(payload_id) only for the constraint check; refs is the integrity mechanism.
+_V1 = (
+    """CREATE TABLE users (
+        user_id     TEXT PRIMARY KEY,
+        name        TEXT NOT NULL,
+        created_ms  INTEGER NOT NULL,
+        disabled    INTEGER NOT NULL DEFAULT 0,
+        deleted     INTEGER NOT NULL DEFAULT 0
+    )""",
+    """CREATE TABLE invites (
+        code_hash   BLOB PRIMARY KEY,
+        user_id     TEXT NOT NULL REFERENCES users (user_id),
+        created_ms  INTEGER NOT NULL,
+        expires_ms  INTEGER NOT NULL,
+        used_ms     INTEGER
+    )""",
+    "CREATE INDEX invites_user ON invites (user_id)",
+    """CREATE TABLE devices (
+        pk            INTEGER PRIMARY KEY,
+        user_id       TEXT NOT NULL REFERENCES users (user_id),
+        device_id     INTEGER NOT NULL,
+        name          TEXT NOT NULL,
+        transport_pub BLOB NOT NULL,
+        created_ms    INTEGER NOT NULL,
+        revoked_ms    INTEGER,
+        last_seen_ms  INTEGER,
+        next_seq      INTEGER NOT NULL DEFAULT 1,
+        mailbox_count INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (user_id, device_id)
+    )""",
+    """CREATE TABLE payloads (
+        id    INTEGER PRIMARY KEY,
+        data  BLOB NOT NULL,
+        refs  INTEGER NOT NULL
+    )""",
+    """CREATE TABLE mailbox (
+        device_pk    INTEGER NOT NULL REFERENCES devices (pk),
+        seq          INTEGER NOT NULL,
+        payload_id   INTEGER NOT NULL,
+        message_id   BLOB NOT NULL,
+        part         BLOB NOT NULL,
+        server_ts_ms INTEGER NOT NULL,
+        PRIMARY KEY (device_pk, seq)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX mailbox_server_ts ON mailbox (server_ts_ms)",
+    """CREATE TABLE dedup (
+        key         BLOB PRIMARY KEY,
+        created_ms  INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    "CREATE INDEX dedup_created ON dedup (created_ms)",
+    """CREATE TABLE identity_records (
+        id           INTEGER PRIMARY KEY,
+        user_id      TEXT NOT NULL REFERENCES users (user_id),
+        record_hash  BLOB NOT NULL,
+        record       BLOB NOT NULL,
+        created_ms   INTEGER NOT NULL,
+        UNIQUE (user_id, record_hash)
+    )""",
+    """CREATE TABLE device_lists (
+        user_id     TEXT NOT NULL REFERENCES users (user_id),
+        version     INTEGER NOT NULL,
+        record      BLOB NOT NULL,
+        created_ms  INTEGER NOT NULL,
+        PRIMARY KEY (user_id, version)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE prekeys (
+        id          INTEGER PRIMARY KEY,
+        device_pk   INTEGER NOT NULL REFERENCES devices (pk),
+        suite       INTEGER NOT NULL,
+        kind        INTEGER NOT NULL,
+        key_id      INTEGER NOT NULL,
+        record      BLOB NOT NULL,
+        created_ms  INTEGER NOT NULL,
+        UNIQUE (device_pk, suite, kind, key_id)
+    )""",
+)
+
+SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+"""Migration scripts, oldest first; each is a tuple of SQL statements."""
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The schema version recorded in the database (0 for a new database)."""
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    return 0 if row is None or row[0] is None else int(row[0])
+
+
+def migrate(
+    conn: sqlite3.Connection,
+    path: Path,
+    migrations: tuple[tuple[str, ...], ...] = SQLITE_MIGRATIONS,
+) -> int:
+    """Bring the database to the newest schema; return the resulting version.
+
+    ``conn`` must be in autocommit mode (``isolation_level=None``). Raises StoreError if the
+    database was written by a newer momedod.
+    """
+    known = len(migrations)
+    while True:
+        # Re-read the version inside each transaction: another process may have migrated.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = schema_version(conn)
+            if current > known:
+                raise StoreError(
+                    f"{path}: database schema version {current} is newer than this momedod "
+                    f"supports (up to {known}); install the newer momedod again or restore "
+                    "a backup"
+                )
+            if current == known:
+                conn.execute("COMMIT")
+                return current
+            for statement in migrations[current]:
+                conn.execute(statement)
+            conn.execute("DELETE FROM schema_version")
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (current + 1,))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise

@@ -1,0 +1,525 @@
+"""SQLite engine of the store.
+
+Theory of operation
+-------------------
+Writes. One writer thread owns the only read-write connection. Callers (trio tasks) wrap a
+transaction function from :mod:`momedod.store.txn` in an ``_Op``, put it on a
+``queue.SimpleQueue`` and wait on the op's ``trio.Event``. The writer takes everything that
+is queued (up to ``max_batch`` ops), opens ONE transaction (``BEGIN IMMEDIATE``), runs each
+op inside its own ``SAVEPOINT`` -- an op that raises is rolled back to its savepoint and
+keeps its exception, the others are unaffected -- and then ``COMMIT``s once: one fsync
+(``synchronous=FULL`` in WAL mode) makes the whole batch durable. Only after the commit
+does it wake the batch's callers, with a single ``TrioToken.run_sync_soon``, so no caller
+sees a result that is not on disk. While one batch commits, the next one queues up: the
+busier the server, the bigger the batches (group commit).
+
+Failures. An error that may have cost SQLite the whole transaction (disk full, I/O error,
+...) or a failed COMMIT fails every op of the batch; ``SQLITE_FULL`` becomes
+:class:`StorageFull`. The writer then carries on with the next batch. If the writer thread
+itself dies (a bug), its pending ops and every later call raise :class:`StoreError` instead
+of hanging. A caller that is cancelled while waiting simply stops waiting: its op may still
+commit, and its result is dropped.
+
+Reads run in trio's worker threads (``trio.to_thread.run_sync``) under a
+``CapacityLimiter``, each thread with its own read-only connection (``threading.local``),
+inside a short read transaction, so every read sees one committed snapshot (WAL lets readers
+proceed while the writer commits).
+
+Close. ``close()`` queues a stop marker behind the pending ops; the writer finishes them,
+closes its connection and exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import queue
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
+
+import trio
+
+from momedod.store import txn
+from momedod.store.base import (
+    Device,
+    EnqueueResult,
+    Invite,
+    MailboxEntry,
+    Recipient,
+    StorageFull,
+    Store,
+    StoreError,
+    StoreStats,
+    User,
+)
+from momedod.store.migrations import migrate
+from momedod.store.txn import Row, Tx
+
+__all__ = ["DB_FILENAME", "SQLiteStore", "SQLiteTx"]
+
+DB_FILENAME = "momedo.sqlite3"
+BUSY_TIMEOUT_MS = 10_000  # only another process (e.g. a backup) can hold the write lock
+EXPIRE_BATCH = 1000  # rows per expire transaction, so sends interleave with a big purge
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_SQLITE_FULL = 13
+# Primary result codes after which SQLite may have rolled back the whole transaction
+# (https://sqlite.org/lang_transaction.html: "Response To Errors Within A Transaction").
+_TXN_LOST = frozenset({5, 6, 7, 10, 11, 13, 26})  # BUSY LOCKED NOMEM IOERR CORRUPT FULL NOTADB
+
+
+def _default_user_id() -> str:
+    from momedod.protocol.userid import generate
+
+    return generate()
+
+
+def _default_invite_code() -> str:
+    from momedod.protocol.invite import generate_invite_code
+
+    return generate_invite_code()
+
+
+def _primary_code(exc: sqlite3.Error) -> int:
+    return int(getattr(exc, "sqlite_errorcode", 1)) & 0xFF
+
+
+class SQLiteTx:
+    """:class:`momedod.store.txn.Tx` over a sqlite3 connection (one reused cursor)."""
+
+    __slots__ = ("_cur",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._cur = conn.cursor()
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        """Run one statement; return the number of rows it changed."""
+        return self._cur.execute(sql, params).rowcount
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
+        """Run one statement once per parameter row."""
+        self._cur.executemany(sql, rows)
+
+    def one(self, sql: str, params: Sequence[object] = ()) -> Row | None:
+        """First result row or None (fetches all rows so RETURNING statements complete)."""
+        rows = self._cur.execute(sql, params).fetchall()
+        return cast(Row, rows[0]) if rows else None
+
+    def all(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
+        """All result rows."""
+        return self._cur.execute(sql, params).fetchall()
+
+
+class _Op:
+    """One queued write: the call, the caller's wake-up event, and the outcome."""
+
+    __slots__ = ("call", "done", "error", "result")
+
+    def __init__(self, call: Callable[[Tx], object]) -> None:
+        self.call = call
+        self.done = trio.Event()
+        self.result: object = None
+        self.error: BaseException | None = None
+
+
+class _ReadConn:
+    """A reader thread's connection; weakly tracked so close() can close it."""
+
+    __slots__ = ("__weakref__", "conn")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+
+def _wake(batch: list[_Op]) -> None:
+    for op in batch:
+        op.done.set()
+
+
+class SQLiteStore(Store):
+    """The SQLite engine: database ``<state dir>/momedo.sqlite3``; see the module docstring.
+
+    Create it, then ``await store.open()`` inside trio (``open_store`` does both).
+    ``new_user_id`` / ``new_invite_code`` generate IDs and invite codes (default: the
+    generators of :mod:`momedod.protocol`).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        new_user_id: Callable[[], str] | None = None,
+        new_invite_code: Callable[[], str] | None = None,
+        read_threads: int = 4,
+        max_batch: int = 256,
+    ) -> None:
+        self.path = path
+        self.db_path = path / DB_FILENAME
+        self._new_user_id = new_user_id or _default_user_id
+        self._new_invite_code = new_invite_code or _default_invite_code
+        self._read_threads = read_threads
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # guards _closing, _failure, _readers and queue puts
+        self._closing = False
+        self._failure: str | None = None  # set once the writer has stopped
+        self._inflight: list[_Op] = []
+        self._readers: weakref.WeakSet[_ReadConn] = weakref.WeakSet()
+        self._local = threading.local()
+        self._thread: threading.Thread | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._limiter: trio.CapacityLimiter | None = None
+        self._ready: trio.Event | None = None
+        self._stopped: trio.Event | None = None
+        self._open_error: BaseException | None = None
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create/migrate the database and start the writer thread. Raises StoreError."""
+        if self._thread is not None:
+            raise StoreError("store is already open")
+        self._token = trio.lowlevel.current_trio_token()
+        self._limiter = trio.CapacityLimiter(self._read_threads)
+        self._ready = trio.Event()
+        self._stopped = trio.Event()
+        self._thread = threading.Thread(
+            target=self._writer_main, name="momedo-store-writer", daemon=True
+        )
+        self._thread.start()
+        with trio.CancelScope(shield=True):  # a migration is not abandoned half-way
+            await self._ready.wait()
+        if self._open_error is not None:
+            self._thread.join()
+            raise self._open_error
+
+    async def close(self) -> None:
+        """Let the writer finish the queued ops, then stop it and close all connections."""
+        with self._lock:
+            first = not self._closing
+            self._closing = True
+            if first and self._failure is None:
+                self._queue.put(None)
+        if self._thread is None or self._stopped is None:
+            return
+        with trio.CancelScope(shield=True):
+            await self._stopped.wait()
+        self._thread.join()
+        with self._lock:
+            readers = list(self._readers)
+            self._readers.clear()
+        for reader in readers:
+            reader.conn.close()
+
+    def _call_soon(self, fn: Callable[..., object], *args: Any) -> None:
+        assert self._token is not None
+        # If the trio run is gone, nobody is waiting any more.
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(fn, *args)
+
+    def _error(self, exc: sqlite3.Error) -> StoreError:
+        if _primary_code(exc) == _SQLITE_FULL:
+            err: StoreError = StorageFull(f"storage full: {exc} ({self.db_path})")
+        else:
+            err = StoreError(f"database error: {exc} ({self.db_path})")
+        err.__cause__ = exc
+        return err
+
+    # -- the writer thread -----------------------------------------------------------------
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        try:
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Create the file ourselves so it is 0600 whatever the umask; SQLite gives the
+            # -wal and -shm files the database file's mode.
+            os.close(os.open(self.db_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        except OSError as exc:
+            raise StoreError(f"cannot open {self.db_path}: {exc.strerror}") from exc
+        conn = sqlite3.connect(self.db_path, isolation_level=None, cached_statements=256)
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            if mode is None or str(mode[0]).lower() != "wal":
+                raise StoreError(f"{self.db_path}: cannot switch to WAL journal mode")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            migrate(conn, self.db_path)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot open {self.db_path}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _writer_main(self) -> None:
+        assert self._ready is not None and self._stopped is not None
+        try:
+            conn = self._connect_writer()
+        except BaseException as exc:
+            self._open_error = exc
+            with self._lock:
+                self._failure = "store could not be opened"
+            self._call_soon(self._ready.set)
+            self._call_soon(self._stopped.set)
+            return
+        self._call_soon(self._ready.set)
+        reason = "store is closed"
+        try:
+            self._writer_loop(conn)
+        except BaseException as exc:
+            reason = f"store writer thread failed ({exc!r}); restart momedod"
+        finally:
+            with self._lock:
+                self._failure = reason
+            orphans = self._inflight
+            while True:
+                try:
+                    op = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if op is not None:
+                    orphans.append(op)
+            for op in orphans:
+                op.result = None
+                op.error = StoreError(reason)
+            if orphans:
+                self._call_soon(_wake, orphans)
+            conn.close()  # rolls back an unfinished transaction
+            self._call_soon(self._stopped.set)
+
+    def _writer_loop(self, conn: sqlite3.Connection) -> None:
+        tx = SQLiteTx(conn)
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self._max_batch:
+                try:
+                    op = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if op is None:
+                    stop = True
+                    break
+                batch.append(op)
+            self._inflight = batch
+            self._run_batch(conn, tx, batch)
+            self._inflight = []
+            self._call_soon(_wake, batch)
+            if stop:
+                return
+
+    def _run_batch(self, conn: sqlite3.Connection, tx: SQLiteTx, batch: list[_Op]) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    op.result = op.call(tx)
+                except sqlite3.Error as exc:
+                    if _primary_code(exc) in _TXN_LOST or not conn.in_transaction:
+                        raise  # fail the whole batch below
+                    conn.execute("ROLLBACK TO op")
+                    op.error = self._error(exc)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    op.error = exc
+                conn.execute("RELEASE op")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # If even ROLLBACK fails the connection is unusable; the next BEGIN will tell.
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            for op in batch:
+                op.result = None
+                op.error = self._error(exc)
+
+    # -- submitting work -------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._thread is None:
+            raise StoreError("store is not open")
+        if self._failure is not None:
+            raise StoreError(self._failure)
+        if self._closing:
+            raise StoreError("store is closed")
+
+    async def _write(
+        self, fn: Callable[Concatenate[Tx, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        op = _Op(lambda tx: fn(tx, *args, **kwargs))
+        with self._lock:
+            self._check_usable()
+            self._queue.put(op)
+        await op.done.wait()
+        if op.error is not None:
+            raise op.error
+        return cast(T, op.result)
+
+    async def _read(
+        self, fn: Callable[Concatenate[Tx, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        self._check_usable()
+        call = functools.partial(self._run_read, lambda tx: fn(tx, *args, **kwargs))
+        return await trio.to_thread.run_sync(call, limiter=self._limiter)
+
+    def _run_read(self, call: Callable[[Tx], T]) -> T:
+        try:
+            conn = self._reader()
+            if conn.in_transaction:  # left open by a failed COMMIT of an earlier read
+                conn.execute("ROLLBACK")
+            conn.execute("BEGIN")
+            try:
+                return call(SQLiteTx(conn))
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+
+    def _reader(self) -> sqlite3.Connection:
+        reader: _ReadConn | None = getattr(self._local, "reader", None)
+        if reader is None:
+            uri = self.db_path.resolve().as_uri() + "?mode=ro"
+            conn = sqlite3.connect(
+                uri, uri=True, isolation_level=None, check_same_thread=False, cached_statements=256
+            )
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            reader = _ReadConn(conn)
+            self._local.reader = reader
+            with self._lock:
+                self._readers.add(reader)
+        return reader.conn
+
+    # -- the Store interface ---------------------------------------------------------------
+
+    async def create_user(self, name: str, now_ms: int, invite_ttl_ms: int) -> tuple[User, Invite]:
+        """See :meth:`Store.create_user`."""
+        return await self._write(
+            txn.create_user, name, now_ms, invite_ttl_ms, self._new_user_id, self._new_invite_code
+        )
+
+    async def get_user(self, user_id: str) -> User | None:
+        """See :meth:`Store.get_user`."""
+        return await self._read(txn.get_user, user_id)
+
+    async def list_users(self) -> list[User]:
+        """See :meth:`Store.list_users`."""
+        return await self._read(txn.list_users)
+
+    async def set_user_disabled(self, user_id: str, disabled: bool) -> User:
+        """See :meth:`Store.set_user_disabled`."""
+        return await self._write(txn.set_user_disabled, user_id, disabled)
+
+    async def delete_user(self, user_id: str, now_ms: int | None = None) -> None:
+        """See :meth:`Store.delete_user`."""
+        when = int(time.time() * 1000) if now_ms is None else now_ms
+        await self._write(txn.delete_user, user_id, when)
+
+    async def new_invite(self, user_id: str, now_ms: int, ttl_ms: int) -> Invite:
+        """See :meth:`Store.new_invite`."""
+        return await self._write(txn.new_invite, user_id, now_ms, ttl_ms, self._new_invite_code)
+
+    async def redeem_invite(
+        self, code: str, transport_pub: bytes, device_name: str, now_ms: int
+    ) -> Device:
+        """See :meth:`Store.redeem_invite`."""
+        return await self._write(txn.redeem_invite, code, transport_pub, device_name, now_ms)
+
+    async def get_device(self, user_id: str, device_id: int) -> Device | None:
+        """See :meth:`Store.get_device`."""
+        return await self._read(txn.get_device, user_id, device_id)
+
+    async def list_devices(self, user_id: str) -> list[Device]:
+        """See :meth:`Store.list_devices`."""
+        return await self._read(txn.list_devices, user_id)
+
+    async def revoke_device(self, user_id: str, device_id: int, now_ms: int) -> Device:
+        """See :meth:`Store.revoke_device`."""
+        return await self._write(txn.revoke_device, user_id, device_id, now_ms)
+
+    async def touch_device(self, user_id: str, device_id: int, now_ms: int) -> None:
+        """See :meth:`Store.touch_device`."""
+        await self._write(txn.touch_device, user_id, device_id, now_ms)
+
+    async def enqueue(
+        self,
+        sender: tuple[str, int],
+        message_id: bytes,
+        payload: bytes,
+        recipients: Sequence[Recipient],
+        now_ms: int,
+        max_per_device: int,
+    ) -> EnqueueResult:
+        """See :meth:`Store.enqueue`."""
+        return await self._write(
+            txn.enqueue, sender, message_id, payload, tuple(recipients), now_ms, max_per_device
+        )
+
+    async def fetch(
+        self, user_id: str, device_id: int, after_seq: int, limit: int
+    ) -> list[MailboxEntry]:
+        """See :meth:`Store.fetch`."""
+        return await self._read(txn.fetch, user_id, device_id, after_seq, limit)
+
+    async def ack(self, user_id: str, device_id: int, seqs: Sequence[int]) -> int:
+        """See :meth:`Store.ack`."""
+        return await self._write(txn.ack, user_id, device_id, tuple(seqs))
+
+    async def expire(self, now_ms: int, ttl_ms: int) -> int:
+        """See :meth:`Store.expire`. Works in slices so sends interleave with a big purge."""
+        cutoff = now_ms - ttl_ms
+        dropped = 0
+        while True:
+            entries, keys = await self._write(txn.expire_batch, cutoff, EXPIRE_BATCH)
+            dropped += entries
+            if entries < EXPIRE_BATCH and keys < EXPIRE_BATCH:
+                return dropped
+
+    async def put_identity(self, user_id: str, record: bytes, now_ms: int) -> None:
+        """See :meth:`Store.put_identity`."""
+        await self._write(txn.put_identity, user_id, record, now_ms)
+
+    async def put_device_list(self, user_id: str, version: int, record: bytes, now_ms: int) -> None:
+        """See :meth:`Store.put_device_list`."""
+        await self._write(txn.put_device_list, user_id, version, record, now_ms)
+
+    async def put_prekey(
+        self,
+        user_id: str,
+        device_id: int,
+        suite: int,
+        kind: int,
+        key_id: int,
+        record: bytes,
+        now_ms: int,
+    ) -> None:
+        """See :meth:`Store.put_prekey`."""
+        await self._write(txn.put_prekey, user_id, device_id, suite, kind, key_id, record, now_ms)
+
+    async def get_records(self, user_id: str) -> list[bytes]:
+        """See :meth:`Store.get_records`."""
+        return await self._read(txn.get_records, user_id)
+
+    async def claim_prekey(self, user_id: str, device_id: int, suite: int) -> bytes | None:
+        """See :meth:`Store.claim_prekey`."""
+        return await self._write(txn.claim_prekey, user_id, device_id, suite)
+
+    async def count_prekeys(self, user_id: str, device_id: int, suite: int) -> int:
+        """See :meth:`Store.count_prekeys`."""
+        return await self._read(txn.count_prekeys, user_id, device_id, suite)
+
+    async def stats(self) -> StoreStats:
+        """See :meth:`Store.stats`."""
+        return await self._read(txn.stats)

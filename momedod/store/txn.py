@@ -1,0 +1,547 @@
+"""The store's business logic, as plain synchronous transaction functions.
+
+Each function takes a :class:`Tx` (a small cursor wrapper) and runs inside a transaction the
+engine opened for it; raising any exception rolls back everything the function wrote. The
+engine decides how functions are scheduled (the SQLite engine batches writes on one thread).
+
+The SQL is kept portable so a PostgreSQL engine can reuse these functions: ``?``
+placeholders (an engine may translate them), ``RETURNING``, ``ON CONFLICT DO NOTHING``,
+row-value ``IN``, booleans as 0/1 integers, and no reliance on SQLite's rowid. Counters
+(``devices.next_seq``, ``devices.mailbox_count``, ``payloads.refs``) are changed with
+``UPDATE ... RETURNING`` under the row's write lock, so they stay right under concurrent
+transactions too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+from momedod.store.base import (
+    Device,
+    DeviceRevoked,
+    EnqueueResult,
+    Invite,
+    InviteExpired,
+    InviteInvalid,
+    MailboxEntry,
+    MailboxFull,
+    NotFound,
+    Recipient,
+    RecordStale,
+    StoreError,
+    StoreStats,
+    UnknownRecipient,
+    User,
+    UserDisabled,
+    display_device,
+    display_user,
+)
+
+Row = tuple[Any, ...]
+
+MAX_INT64 = 2**63 - 1
+"""Largest integer a column can hold; wire u64 values above it cannot name stored rows."""
+
+SPK = 1
+OTPK = 2
+
+_ID_ATTEMPTS = 64
+_IN_CHUNK = 500  # parameters per IN (...) list, well below every engine's limit
+
+
+class Tx(Protocol):
+    """The cursor wrapper an engine hands to transaction functions."""
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        """Run one statement; return the number of rows it changed."""
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
+        """Run one statement once per parameter row."""
+
+    def one(self, sql: str, params: Sequence[object] = ()) -> Row | None:
+        """Run a query (or a statement with RETURNING); return its first row or None."""
+
+    def all(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
+        """Run a query (or a statement with RETURNING); return all rows."""
+
+
+def hash_invite_code(code: str) -> bytes:
+    """The stored form of an invite code: SHA-256 of its normalized text."""
+    return hashlib.sha256(code.encode("utf-8")).digest()
+
+
+def dedup_key(sender: tuple[str, int], message_id: bytes) -> bytes:
+    """SHA-256(sender user_id | u32 sender device_id | message_id)."""
+    user_id, device_id = sender
+    return hashlib.sha256(
+        user_id.encode("utf-8") + device_id.to_bytes(4, "big") + message_id
+    ).digest()
+
+
+# -- rows ------------------------------------------------------------------------------------
+
+_USER_COLS = "user_id, name, created_ms, disabled, deleted"
+_DEVICE_COLS = (
+    "user_id, device_id, name, transport_pub, created_ms, revoked_ms, last_seen_ms, mailbox_count"
+)
+
+
+def _user(row: Row) -> User:
+    return User(str(row[0]), str(row[1]), int(row[2]), bool(row[3]), bool(row[4]))
+
+
+def _device(row: Row) -> Device:
+    return Device(
+        user_id=str(row[0]),
+        device_id=int(row[1]),
+        name=str(row[2]),
+        transport_pub=bytes(row[3]),
+        created_ms=int(row[4]),
+        revoked_ms=None if row[5] is None else int(row[5]),
+        last_seen_ms=None if row[6] is None else int(row[6]),
+        mailbox_count=int(row[7]),
+    )
+
+
+def _require_user(tx: Tx, user_id: str) -> User:
+    row = tx.one(f"SELECT {_USER_COLS} FROM users WHERE user_id = ? AND deleted = 0", (user_id,))
+    if row is None:
+        raise NotFound(f"no user {display_user(user_id)}")
+    return _user(row)
+
+
+def _device_pk(tx: Tx, user_id: str, device_id: int) -> tuple[int, bool]:
+    """(pk, revoked) of a device of a non-deleted user; NotFound otherwise."""
+    if not 0 <= device_id <= MAX_INT64:
+        raise NotFound(f"no device {display_device(user_id, device_id)}")
+    row = tx.one(
+        "SELECT d.pk, d.revoked_ms FROM devices d JOIN users u ON u.user_id = d.user_id"
+        " WHERE d.user_id = ? AND d.device_id = ? AND u.deleted = 0",
+        (user_id, device_id),
+    )
+    if row is None:
+        raise NotFound(f"no device {display_device(user_id, device_id)}")
+    return int(row[0]), row[1] is not None
+
+
+def _get_device_by_pk(tx: Tx, pk: int) -> Device:
+    row = tx.one(f"SELECT {_DEVICE_COLS} FROM devices WHERE pk = ?", (pk,))
+    assert row is not None
+    return _device(row)
+
+
+def _chunks(values: Sequence[int], size: int = _IN_CHUNK) -> Iterable[Sequence[int]]:
+    for i in range(0, len(values), size):
+        yield values[i : i + size]
+
+
+def _release_payloads(tx: Tx, payload_ids: Iterable[int]) -> None:
+    """Drop one reference per occurrence in ``payload_ids``; free unreferenced payloads."""
+    counts = Counter(payload_ids)
+    if not counts:
+        return
+    tx.executemany(
+        "UPDATE payloads SET refs = refs - ? WHERE id = ?", [(n, pid) for pid, n in counts.items()]
+    )
+    tx.executemany("DELETE FROM payloads WHERE id = ? AND refs <= 0", [(pid,) for pid in counts])
+
+
+def _drop_mailbox(tx: Tx, device_pk: int) -> None:
+    rows = tx.all("DELETE FROM mailbox WHERE device_pk = ? RETURNING payload_id", (device_pk,))
+    _release_payloads(tx, (int(r[0]) for r in rows))
+    tx.execute("UPDATE devices SET mailbox_count = 0 WHERE pk = ?", (device_pk,))
+
+
+def _new_invite(
+    tx: Tx, user_id: str, now_ms: int, ttl_ms: int, new_code: Callable[[], str]
+) -> Invite:
+    tx.execute("DELETE FROM invites WHERE user_id = ? AND used_ms IS NULL", (user_id,))
+    expires_ms = now_ms + ttl_ms
+    for _ in range(_ID_ATTEMPTS):
+        code = new_code()
+        inserted = tx.execute(
+            "INSERT INTO invites (code_hash, user_id, created_ms, expires_ms) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
+            (hash_invite_code(code), user_id, now_ms, expires_ms),
+        )
+        if inserted:
+            return Invite(user_id, code, now_ms, expires_ms)
+    raise StoreError(f"could not generate an unused invite code in {_ID_ATTEMPTS} attempts")
+
+
+# -- users and invites -----------------------------------------------------------------------
+
+
+def create_user(
+    tx: Tx,
+    name: str,
+    now_ms: int,
+    invite_ttl_ms: int,
+    new_user_id: Callable[[], str],
+    new_code: Callable[[], str],
+) -> tuple[User, Invite]:
+    """Insert a user under a fresh ID (never one in use or of a deleted user) + an invite."""
+    for _ in range(_ID_ATTEMPTS):
+        user_id = new_user_id()
+        inserted = tx.execute(
+            "INSERT INTO users (user_id, name, created_ms) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            (user_id, name, now_ms),
+        )
+        if inserted:
+            break
+    else:
+        raise StoreError(f"could not generate an unused user ID in {_ID_ATTEMPTS} attempts")
+    user = User(user_id, name, now_ms, disabled=False, deleted=False)
+    return user, _new_invite(tx, user_id, now_ms, invite_ttl_ms, new_code)
+
+
+def get_user(tx: Tx, user_id: str) -> User | None:
+    """The user, or None if unknown or deleted."""
+    row = tx.one(f"SELECT {_USER_COLS} FROM users WHERE user_id = ? AND deleted = 0", (user_id,))
+    return None if row is None else _user(row)
+
+
+def list_users(tx: Tx) -> list[User]:
+    """Non-deleted users in creation order."""
+    # Ties (same millisecond) in insertion order: SQLite's rowid. The one SQLite-ism in this
+    # module; a PostgreSQL schema would give users an identity column for it.
+    rows = tx.all(f"SELECT {_USER_COLS} FROM users WHERE deleted = 0 ORDER BY created_ms, rowid")
+    return [_user(r) for r in rows]
+
+
+def set_user_disabled(tx: Tx, user_id: str, disabled: bool) -> User:
+    """Set the disabled flag; NotFound for unknown or deleted users."""
+    user = _require_user(tx, user_id)
+    tx.execute("UPDATE users SET disabled = ? WHERE user_id = ?", (int(disabled), user_id))
+    return User(user.user_id, user.name, user.created_ms, disabled, deleted=False)
+
+
+def delete_user(tx: Tx, user_id: str, now_ms: int) -> None:
+    """Tombstone a user: revoke devices, drop mailboxes, prekeys, records and invites.
+
+    The name and device names are blanked (nothing can read a deleted user any more); the
+    row stays so the ID is never handed out again.
+    """
+    _require_user(tx, user_id)
+    for (pk,) in tx.all("SELECT pk FROM devices WHERE user_id = ?", (user_id,)):
+        _drop_mailbox(tx, int(pk))
+        tx.execute("DELETE FROM prekeys WHERE device_pk = ?", (pk,))
+    tx.execute(
+        "UPDATE devices SET revoked_ms = coalesce(revoked_ms, ?), name = '' WHERE user_id = ?",
+        (now_ms, user_id),
+    )
+    tx.execute("DELETE FROM invites WHERE user_id = ?", (user_id,))
+    tx.execute("DELETE FROM identity_records WHERE user_id = ?", (user_id,))
+    tx.execute("DELETE FROM device_lists WHERE user_id = ?", (user_id,))
+    tx.execute("UPDATE users SET deleted = 1, name = '' WHERE user_id = ?", (user_id,))
+
+
+def new_invite(
+    tx: Tx, user_id: str, now_ms: int, ttl_ms: int, new_code: Callable[[], str]
+) -> Invite:
+    """A new invite for the user; deletes the user's older unused invites."""
+    _require_user(tx, user_id)
+    return _new_invite(tx, user_id, now_ms, ttl_ms, new_code)
+
+
+def redeem_invite(tx: Tx, code: str, transport_pub: bytes, device_name: str, now_ms: int) -> Device:
+    """Mark the invite used and create the user's next device (max device_id + 1)."""
+    row = tx.one(
+        "SELECT i.user_id, i.expires_ms, i.used_ms, u.disabled, u.deleted"
+        " FROM invites i JOIN users u ON u.user_id = i.user_id WHERE i.code_hash = ?",
+        (hash_invite_code(code),),
+    )
+    if row is None or row[2] is not None or row[4]:
+        raise InviteInvalid("unknown or already used invite code")
+    user_id = str(row[0])
+    if now_ms >= int(row[1]):
+        raise InviteExpired("invite code has expired")
+    if row[3]:
+        raise UserDisabled(f"user {display_user(user_id)} is disabled")
+    tx.execute(
+        "UPDATE invites SET used_ms = ? WHERE code_hash = ?", (now_ms, hash_invite_code(code))
+    )
+    top = tx.one("SELECT max(device_id) FROM devices WHERE user_id = ?", (user_id,))
+    device_id = 1 if top is None or top[0] is None else int(top[0]) + 1
+    tx.execute(
+        "INSERT INTO devices (user_id, device_id, name, transport_pub, created_ms)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (user_id, device_id, device_name, transport_pub, now_ms),
+    )
+    return Device(user_id, device_id, device_name, transport_pub, now_ms, None, None, 0)
+
+
+# -- devices ---------------------------------------------------------------------------------
+
+
+def get_device(tx: Tx, user_id: str, device_id: int) -> Device | None:
+    """The device (also when revoked), or None if it or its user is unknown/deleted."""
+    if not 0 <= device_id <= MAX_INT64:
+        return None
+    row = tx.one(
+        f"SELECT {', '.join('d.' + c for c in _DEVICE_COLS.split(', '))}"
+        " FROM devices d JOIN users u ON u.user_id = d.user_id"
+        " WHERE d.user_id = ? AND d.device_id = ? AND u.deleted = 0",
+        (user_id, device_id),
+    )
+    return None if row is None else _device(row)
+
+
+def list_devices(tx: Tx, user_id: str) -> list[Device]:
+    """All devices of a user by device_id; NotFound for unknown/deleted users."""
+    _require_user(tx, user_id)
+    rows = tx.all(
+        f"SELECT {_DEVICE_COLS} FROM devices WHERE user_id = ? ORDER BY device_id", (user_id,)
+    )
+    return [_device(r) for r in rows]
+
+
+def revoke_device(tx: Tx, user_id: str, device_id: int, now_ms: int) -> Device:
+    """Revoke a device (keeping an earlier revocation time) and drop its mailbox/prekeys."""
+    pk, _ = _device_pk(tx, user_id, device_id)
+    _drop_mailbox(tx, pk)
+    tx.execute("DELETE FROM prekeys WHERE device_pk = ?", (pk,))
+    tx.execute("UPDATE devices SET revoked_ms = coalesce(revoked_ms, ?) WHERE pk = ?", (now_ms, pk))
+    return _get_device_by_pk(tx, pk)
+
+
+def touch_device(tx: Tx, user_id: str, device_id: int, now_ms: int) -> None:
+    """Set last_seen_ms."""
+    pk, _ = _device_pk(tx, user_id, device_id)
+    tx.execute("UPDATE devices SET last_seen_ms = ? WHERE pk = ?", (now_ms, pk))
+
+
+# -- mailboxes -------------------------------------------------------------------------------
+
+# Allocates the next seq and counts the entry in one statement, and only if the device may
+# receive: it exists, is not revoked, its user is enabled, and its mailbox has room.
+_CLAIM_SLOT = """
+UPDATE devices SET next_seq = next_seq + 1, mailbox_count = mailbox_count + 1
+WHERE user_id = ? AND device_id = ? AND revoked_ms IS NULL AND mailbox_count < ?
+  AND EXISTS (SELECT 1 FROM users u
+              WHERE u.user_id = devices.user_id AND u.disabled = 0 AND u.deleted = 0)
+RETURNING pk, next_seq - 1
+"""
+
+
+def _refuse_recipient(tx: Tx, r: Recipient, max_per_device: int) -> StoreError:
+    """Why _CLAIM_SLOT matched no row for ``r``."""
+    row = tx.one(
+        "SELECT d.revoked_ms, u.disabled, u.deleted FROM devices d"
+        " JOIN users u ON u.user_id = d.user_id WHERE d.user_id = ? AND d.device_id = ?",
+        (r.user_id, r.device_id),
+    )
+    if row is None or row[0] is not None or row[1] or row[2]:
+        return UnknownRecipient(r.user_id, r.device_id)
+    return MailboxFull(r.user_id, r.device_id, max_per_device)
+
+
+def enqueue(
+    tx: Tx,
+    sender: tuple[str, int],
+    message_id: bytes,
+    payload: bytes,
+    recipients: Sequence[Recipient],
+    now_ms: int,
+    max_per_device: int,
+) -> EnqueueResult:
+    """Store one message for all recipients or for none (see Store.enqueue)."""
+    if not recipients:
+        raise ValueError("enqueue needs at least one recipient")
+    if len({(r.user_id, r.device_id) for r in recipients}) != len(recipients):
+        raise ValueError("enqueue got the same recipient device twice")
+    key = dedup_key(sender, message_id)
+    if not tx.execute(
+        "INSERT INTO dedup (key, created_ms) VALUES (?, ?) ON CONFLICT DO NOTHING", (key, now_ms)
+    ):
+        row = tx.one("SELECT created_ms FROM dedup WHERE key = ?", (key,))
+        return EnqueueResult(True, now_ms if row is None else int(row[0]), ())
+    slots: list[tuple[int, int]] = []
+    for r in recipients:
+        if not 0 <= r.device_id <= MAX_INT64:
+            raise UnknownRecipient(r.user_id, r.device_id)
+        slot = tx.one(_CLAIM_SLOT, (r.user_id, r.device_id, max_per_device))
+        if slot is None:
+            raise _refuse_recipient(tx, r, max_per_device)
+        slots.append((int(slot[0]), int(slot[1])))
+    row = tx.one(
+        "INSERT INTO payloads (data, refs) VALUES (?, ?) RETURNING id", (payload, len(slots))
+    )
+    assert row is not None
+    payload_id = int(row[0])
+    tx.executemany(
+        "INSERT INTO mailbox (device_pk, seq, payload_id, message_id, part, server_ts_ms)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (pk, seq, payload_id, message_id, r.part, now_ms)
+            for (pk, seq), r in zip(slots, recipients, strict=True)
+        ],
+    )
+    return EnqueueResult(False, now_ms, tuple((r.user_id, r.device_id) for r in recipients))
+
+
+def fetch(tx: Tx, user_id: str, device_id: int, after_seq: int, limit: int) -> list[MailboxEntry]:
+    """Mailbox entries after ``after_seq`` in seq order."""
+    pk, _ = _device_pk(tx, user_id, device_id)
+    if limit <= 0 or after_seq >= MAX_INT64:
+        return []
+    rows = tx.all(
+        "SELECT m.seq, m.message_id, m.server_ts_ms, p.data, m.part"
+        " FROM mailbox m JOIN payloads p ON p.id = m.payload_id"
+        " WHERE m.device_pk = ? AND m.seq > ? ORDER BY m.seq LIMIT ?",
+        (pk, max(after_seq, 0), min(limit, MAX_INT64)),
+    )
+    return [MailboxEntry(int(r[0]), bytes(r[1]), int(r[2]), bytes(r[3]), bytes(r[4])) for r in rows]
+
+
+def ack(tx: Tx, user_id: str, device_id: int, seqs: Sequence[int]) -> int:
+    """Delete the acknowledged entries; return how many existed."""
+    pk, _ = _device_pk(tx, user_id, device_id)
+    wanted = sorted({s for s in seqs if 0 < s <= MAX_INT64})
+    freed: list[int] = []
+    for chunk in _chunks(wanted):
+        marks = ", ".join("?" * len(chunk))
+        rows = tx.all(
+            f"DELETE FROM mailbox WHERE device_pk = ? AND seq IN ({marks}) RETURNING payload_id",
+            (pk, *chunk),
+        )
+        freed.extend(int(r[0]) for r in rows)
+    if freed:
+        _release_payloads(tx, freed)
+        tx.execute(
+            "UPDATE devices SET mailbox_count = mailbox_count - ? WHERE pk = ?", (len(freed), pk)
+        )
+    return len(freed)
+
+
+def expire_batch(tx: Tx, cutoff_ms: int, limit: int) -> tuple[int, int]:
+    """Drop up to ``limit`` mailbox entries and ``limit`` dedup keys older than ``cutoff_ms``.
+
+    Returns (entries dropped, dedup keys dropped); call again while either equals ``limit``.
+    """
+    rows = tx.all(
+        "DELETE FROM mailbox WHERE (device_pk, seq) IN"
+        " (SELECT device_pk, seq FROM mailbox WHERE server_ts_ms < ? LIMIT ?)"
+        " RETURNING device_pk, payload_id",
+        (cutoff_ms, limit),
+    )
+    per_device = Counter(int(r[0]) for r in rows)
+    tx.executemany(
+        "UPDATE devices SET mailbox_count = mailbox_count - ? WHERE pk = ?",
+        [(n, pk) for pk, n in per_device.items()],
+    )
+    _release_payloads(tx, (int(r[1]) for r in rows))
+    keys = tx.execute(
+        "DELETE FROM dedup WHERE key IN (SELECT key FROM dedup WHERE created_ms < ? LIMIT ?)",
+        (cutoff_ms, limit),
+    )
+    return len(rows), keys
+
+
+# -- key directory ---------------------------------------------------------------------------
+
+
+def put_identity(tx: Tx, user_id: str, record: bytes, now_ms: int) -> None:
+    """Append an identity record; RecordStale for identical bytes."""
+    _require_user(tx, user_id)
+    if not tx.execute(
+        "INSERT INTO identity_records (user_id, record_hash, record, created_ms)"
+        " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (user_id, hashlib.sha256(record).digest(), record, now_ms),
+    ):
+        raise RecordStale("this identity record is already stored")
+
+
+def put_device_list(tx: Tx, user_id: str, version: int, record: bytes, now_ms: int) -> None:
+    """Append a device list whose version is above every stored one."""
+    _require_user(tx, user_id)
+    row = tx.one("SELECT max(version) FROM device_lists WHERE user_id = ?", (user_id,))
+    latest = None if row is None or row[0] is None else int(row[0])
+    if latest is not None and version <= latest:
+        raise RecordStale(f"device list version {version} is not newer than stored {latest}")
+    if not 0 <= version <= MAX_INT64:
+        raise StoreError(f"device list version {version} is out of the storable range")
+    tx.execute(
+        "INSERT INTO device_lists (user_id, version, record, created_ms) VALUES (?, ?, ?, ?)",
+        (user_id, version, record, now_ms),
+    )
+
+
+def put_prekey(
+    tx: Tx,
+    user_id: str,
+    device_id: int,
+    suite: int,
+    kind: int,
+    key_id: int,
+    record: bytes,
+    now_ms: int,
+) -> None:
+    """Replace the SPK of (device, suite) or add an OTPK to its pool."""
+    if kind not in (SPK, OTPK):
+        raise ValueError(f"unknown prekey kind {kind}")
+    pk, revoked = _device_pk(tx, user_id, device_id)
+    if revoked:
+        raise DeviceRevoked(f"device {display_device(user_id, device_id)} is revoked")
+    if kind == SPK:
+        tx.execute(
+            "DELETE FROM prekeys WHERE device_pk = ? AND suite = ? AND kind = ?", (pk, suite, SPK)
+        )
+    if not tx.execute(
+        "INSERT INTO prekeys (device_pk, suite, kind, key_id, record, created_ms)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (pk, suite, kind, key_id, record, now_ms),
+    ):
+        raise RecordStale(f"one-time prekey {key_id} is already stored")
+
+
+def get_records(tx: Tx, user_id: str) -> list[bytes]:
+    """The key-directory answer for a user (see Store.get_records)."""
+    _require_user(tx, user_id)
+    identities = tx.all(
+        "SELECT record FROM identity_records WHERE user_id = ? ORDER BY id", (user_id,)
+    )
+    lists = tx.all("SELECT record FROM device_lists WHERE user_id = ? ORDER BY version", (user_id,))
+    spks = tx.all(
+        "SELECT p.record FROM prekeys p JOIN devices d ON d.pk = p.device_pk"
+        " WHERE d.user_id = ? AND d.revoked_ms IS NULL AND p.kind = ?"
+        " ORDER BY d.device_id, p.suite",
+        (user_id, SPK),
+    )
+    return [bytes(r[0]) for r in (*identities, *lists, *spks)]
+
+
+def claim_prekey(tx: Tx, user_id: str, device_id: int, suite: int) -> bytes | None:
+    """Remove and return the oldest OTPK of (device, suite)."""
+    pk, _ = _device_pk(tx, user_id, device_id)
+    row = tx.one(
+        "DELETE FROM prekeys WHERE id = (SELECT id FROM prekeys"
+        " WHERE device_pk = ? AND suite = ? AND kind = ? ORDER BY id LIMIT 1) RETURNING record",
+        (pk, suite, OTPK),
+    )
+    return None if row is None else bytes(row[0])
+
+
+def count_prekeys(tx: Tx, user_id: str, device_id: int, suite: int) -> int:
+    """Unclaimed OTPKs of (device, suite)."""
+    pk, _ = _device_pk(tx, user_id, device_id)
+    row = tx.one(
+        "SELECT count(*) FROM prekeys WHERE device_pk = ? AND suite = ? AND kind = ?",
+        (pk, suite, OTPK),
+    )
+    return 0 if row is None else int(row[0])
+
+
+def stats(tx: Tx) -> StoreStats:
+    """Counts for the operator overview (active devices of non-deleted users)."""
+    row = tx.one(
+        "SELECT (SELECT count(*) FROM users WHERE deleted = 0),"
+        " (SELECT count(*) FROM devices WHERE revoked_ms IS NULL),"
+        " (SELECT coalesce(sum(mailbox_count), 0) FROM devices),"
+        " (SELECT count(*) FROM payloads)"
+    )
+    assert row is not None
+    return StoreStats(int(row[0]), int(row[1]), int(row[2]), int(row[3]))

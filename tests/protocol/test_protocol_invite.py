@@ -1,0 +1,110 @@
+"""Invite links, invite codes, certificate fingerprints."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import pytest
+
+from momedod.protocol import invite
+from momedod.protocol.invite import InvalidInviteLink, InviteLink
+from momedod.protocol.userid import ALPHABET
+
+FP = hashlib.sha256(b"certificate").digest()
+FP_TEXT = invite.fingerprint_text(FP)
+CODE = "7Z2QH4KMW9XRB3TNC8VD"
+
+
+def test_fingerprint_is_sha256_of_der_in_unpadded_base32() -> None:
+    assert invite.cert_fingerprint(b"certificate") == FP
+    assert len(FP_TEXT) == 52
+    assert base64.b32encode(FP).decode().rstrip("=") == FP_TEXT
+    assert invite.parse_fingerprint_text(FP_TEXT) == FP
+    assert invite.parse_fingerprint_text(FP_TEXT.lower()) == FP
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        FP_TEXT[:-1],
+        FP_TEXT + "A",
+        FP_TEXT[:-1] + "1",  # not in the RFC 4648 alphabet
+        FP_TEXT[:-1] + "B",  # sets one of the unused low bits: not canonical
+        "",
+    ],
+)
+def test_bad_fingerprint_text_is_rejected(text: str) -> None:
+    with pytest.raises(ValueError):
+        invite.parse_fingerprint_text(text)
+
+
+@pytest.mark.parametrize(
+    ("host", "text_host"),
+    [("chat.example.org", "chat.example.org"), ("192.0.2.1", "192.0.2.1"), ("::1", "[::1]")],
+)
+def test_link_round_trip(host: str, text_host: str) -> None:
+    link = InviteLink(host, 7443, CODE, FP)
+    text = str(link)
+    assert text == f"momedo://{text_host}:7443/invite/{CODE}#{FP_TEXT}"
+    assert link.format() == text
+    assert invite.parse_invite_link(text) == link
+
+
+def test_parse_is_forgiving_about_case_dashes_and_whitespace() -> None:
+    text = f"  MOMEDO://chat.example.org:7443/invite/7z2qh-4kmw9-xrb3t-nc8vd#{FP_TEXT.lower()}\n"
+    assert invite.parse_invite_link(text) == InviteLink("chat.example.org", 7443, CODE, FP)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        (f"https://h:1/invite/{CODE}#{FP_TEXT}", "momedo://"),
+        (f"momedo://h:1/invite/{CODE}", "fingerprint"),
+        (f"momedo://h:1/invite/{CODE}#ABC", "fingerprint"),
+        (f"momedo://h/invite/{CODE}#{FP_TEXT}", "port"),
+        (f"momedo://h:x/invite/{CODE}#{FP_TEXT}", "port"),
+        (f"momedo://h:70000/invite/{CODE}#{FP_TEXT}", "port"),
+        (f"momedo://:1/invite/{CODE}#{FP_TEXT}", "host"),
+        (f"momedo://bad_host:1/invite/{CODE}#{FP_TEXT}", "host"),
+        (f"momedo://::1:7443/invite/{CODE}#{FP_TEXT}", "brackets"),
+        (f"momedo://[::1:7443/invite/{CODE}#{FP_TEXT}", "]"),
+        (f"momedo://[nothex]:7443/invite/{CODE}#{FP_TEXT}", "IPv6"),
+        (f"momedo://[fe80::1%eth0]:7443/invite/{CODE}#{FP_TEXT}", "zone"),
+        (f"momedo://h:1#{FP_TEXT}", "/invite/CODE"),
+        (f"momedo://h:1/join/{CODE}#{FP_TEXT}", "/invite/CODE"),
+        (f"momedo://h:1/invite/#{FP_TEXT}", "missing"),
+        (f"momedo://h:1/invite/UUU#{FP_TEXT}", "'U'"),
+    ],
+)
+def test_parse_errors_name_the_problem(text: str, fragment: str) -> None:
+    with pytest.raises(InvalidInviteLink) as info:
+        invite.parse_invite_link(text)
+    assert fragment in str(info.value)
+
+
+def test_link_fields_are_validated_on_construction() -> None:
+    with pytest.raises(InvalidInviteLink):
+        InviteLink("h", 0, CODE, FP)
+    with pytest.raises(InvalidInviteLink):
+        InviteLink("h", 1, "7z2q", FP)
+    with pytest.raises(InvalidInviteLink):
+        InviteLink("h", 1, CODE, FP[:31])
+    with pytest.raises(InvalidInviteLink):
+        InviteLink("h h", 1, CODE, FP)
+
+
+def test_generate_invite_code() -> None:
+    assert invite.generate_invite_code(lambda n: bytes(n)) == "0" * 20
+    assert invite.generate_invite_code(lambda n: b"\xff" * n) == "Z" * 20
+    codes = {invite.generate_invite_code() for _ in range(100)}
+    assert len(codes) == 100
+    assert all(len(c) == 20 and set(c) <= set(ALPHABET) for c in codes)
+
+
+def test_normalize_invite_code() -> None:
+    assert invite.normalize_invite_code("7z2qh-4kmw9 xrb3t-nc8vd") == CODE
+    assert invite.normalize_invite_code("oIl") == "011"
+    for bad in ("", "--", "ABCU", "A" * 65):
+        with pytest.raises(ValueError):
+            invite.normalize_invite_code(bad)

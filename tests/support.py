@@ -1,0 +1,192 @@
+"""Helpers for integration tests: a real daemon (in-process or as a subprocess) on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from momedod.config import AdminConfig, Config, LimitsConfig, ListenerConfig, ServerConfig
+from momedod.protocol import frames as f
+from momedod.protocol.connection import Connection, Role
+from momedod.protocol.errors import ProtocolError
+from momedod.protocol.invite import parse_invite_link
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def make_config(
+    state_dir: Path, *, port: int = 0, max_connections: int = 100, **limits: Any
+) -> Config:
+    """A loopback config in ``state_dir``; ``limits`` override ``[limits]`` keys."""
+    return Config(
+        server=ServerConfig(name="test", state_dir=state_dir),
+        listeners=(
+            ListenerConfig(address="127.0.0.1", port=port, max_connections=max_connections),
+        ),
+        limits=replace(LimitsConfig(), **limits),
+        admin=AdminConfig(socket=state_dir / "admin.sock"),
+    )
+
+
+def admin_call(sock_path: Path, cmd: str, **args: Any) -> dict[str, Any]:
+    """One blocking admin request over the JSON-lines socket; raises on an error reply."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(sock_path))
+        s.sendall(json.dumps({"id": 1, "cmd": cmd, "args": args}).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    reply = json.loads(buf)
+    if not reply["ok"]:
+        raise RuntimeError(f"{cmd}: {reply['error']}")
+    return reply["result"]  # type: ignore[no-any-return]
+
+
+async def admin(sock_path: Path, cmd: str, **args: Any) -> dict[str, Any]:
+    return await trio.to_thread.run_sync(lambda: admin_call(sock_path, cmd, **args))
+
+
+def new_message_id() -> bytes:
+    return secrets.token_bytes(16)
+
+
+@dataclass
+class RawClient:
+    """A TLS connection that speaks frames by hand, for bad-input tests."""
+
+    stream: trio.SSLStream[Any]
+    conn: Connection
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def send(self, frame: f.Frame) -> None:
+        await self.stream.send_all(self.conn.send(frame))
+
+    async def next_frame(self, timeout: float = 5.0) -> f.Frame | None:
+        """The next frame, or None when the server closed the connection."""
+        with trio.fail_after(timeout):
+            while True:
+                frame = self.conn.next_event()
+                if frame is not None:
+                    return frame
+                try:
+                    data = await self.stream.receive_some(65536)
+                except (trio.BrokenResourceError, ssl.SSLError):
+                    return None
+                if not data:
+                    return None
+                self.conn.receive_data(data)
+
+    async def expect_closed(self, timeout: float = 5.0) -> None:
+        while True:
+            try:
+                frame = await self.next_frame(timeout)
+            except ProtocolError:
+                return
+            if frame is None:
+                return
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.stream)
+
+
+async def raw_connect(host: str, port: int) -> RawClient:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    tcp = await trio.open_tcp_stream(host, port)
+    stream = trio.SSLStream(tcp, ctx)
+    try:
+        await stream.do_handshake()
+    except BaseException:
+        await trio.aclose_forcefully(tcp)
+        raise
+    return RawClient(stream, Connection(Role.CLIENT, 64 * 1024 * 1024))
+
+
+def link_parts(link: str) -> tuple[str, int, bytes]:
+    inv = parse_invite_link(link)
+    return inv.host, inv.port, inv.fingerprint
+
+
+class DaemonProcess:
+    """``momedod run -c FILE`` as a real subprocess (for restart and SIGKILL tests)."""
+
+    def __init__(self, workdir: Path, port: int, extra: str = "") -> None:
+        self.workdir = workdir
+        self.port = port
+        self.state = workdir / "state"
+        self.socket = workdir / "admin.sock"
+        self.log_path = workdir / "momedod.log"
+        self.config_path = workdir / "momedod.toml"
+        self.config_path.write_text(
+            f'[server]\nname = "proc"\nstate_dir = "{self.state}"\n'
+            f'[[listener]]\naddress = "127.0.0.1"\nport = {port}\n'
+            f'[admin]\nsocket = "{self.socket}"\n'
+            f'[log]\nlevel = "debug"\nformat = "json"\n{extra}'
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> None:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("STATE_DIRECTORY", "RUNTIME_DIRECTORY"))
+        }
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(
+            [str(VENV_BIN / "momedod"), "run", "-c", str(self.config_path)],
+            stdout=log,
+            stderr=log,
+            env=env,
+            cwd=self.workdir,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"momedod exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                admin_call(self.socket, "server.info")
+                return
+            except (OSError, RuntimeError, ValueError):
+                time.sleep(0.05)
+        raise RuntimeError("momedod did not become ready")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
