@@ -21,6 +21,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict momedod/protocol momedod/store
+	$(BIN)/mypy momedod momedo_tui
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider

@@ -28,8 +28,9 @@ from textual.content import Content
 from textual.widgets import DataTable, Footer, Header, Static
 
 from momedo_tui.client import AdminClient, ConnectionProblem
+from momedod.admin.locate import add_socket_arguments, socket_path
 from momedod.admin.protocol import AdminError, UserInfo
-from momedod.config import ConfigError, load_config
+from momedod.config import ConfigError
 
 __all__ = ["MomedoTui", "main"]
 
@@ -211,19 +212,7 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="momedo-tui",
         description="Watch a running momedod: server state and users, through its admin socket.",
     )
-    parser.add_argument(
-        "-c",
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="momedod config file that names the socket "
-        "(default: $MOMEDO_CONFIG, else /etc/momedo/momedod.toml)",
-    )
-    parser.add_argument(
-        "--dev",
-        action="store_true",
-        help="talk to the dev server of this checkout (./.momedo-dev/admin.sock)",
-    )
+    add_socket_arguments(parser)
     return parser
 
 
@@ -246,11 +235,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``momedo-tui``; returns the exit code (argparse exits 2 on usage errors)."""
     ns = _build_parser().parse_args(argv)
     try:
-        socket_path = load_config(ns.config, dev=ns.dev).admin.socket
+        path = socket_path(ns)
     except ConfigError as e:
         print(f"momedo-tui: {e}", file=sys.stderr)
         return 1
-    return asyncio.run(_run(socket_path))
+    return asyncio.run(_run(path))
 
 
 if __name__ == "__main__":

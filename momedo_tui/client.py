@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from momedod.admin.locate import connect_error
 from momedod.admin.protocol import (
     AdminError,
     AdminErrorCode,
@@ -25,35 +26,20 @@ from momedod.admin.protocol import (
 )
 
 __all__ = [
-    "ADMIN_GROUP",
     "READ_LIMIT",
     "AdminClient",
     "AdminError",
     "ConnectionProblem",
-    "connect_error",
 ]
 
 READ_LIMIT = 2**22
 """Longest reply line read (asyncio's default of 64 KiB is too short for ``user.list``)."""
 
 REPLY_TIMEOUT_S = 30.0
-ADMIN_GROUP = "momedo-admin"
 
 
 class ConnectionProblem(Exception):
     """momedod cannot be reached or stopped answering; the message is one line for the operator."""
-
-
-def connect_error(path: Path, e: OSError) -> str:
-    """Why connecting to the socket at ``path`` failed, worded as momedoctl words it."""
-    prefix = f"cannot reach momedod at {path}"
-    if isinstance(e, FileNotFoundError):
-        return f"{prefix}: no such socket — is the daemon running?"
-    if isinstance(e, ConnectionRefusedError):
-        return f"{prefix}: connection refused — is the daemon running?"
-    if isinstance(e, PermissionError):
-        return f"{prefix}: permission denied — add your account to the group {ADMIN_GROUP}"
-    return f"{prefix}: {e.strerror or e}"
 
 
 class AdminClient:

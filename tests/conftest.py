@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,55 +12,9 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support import admin, link_parts, make_config
+from support import Server, make_config
 
-from momedod.client.transport import Client, Credentials, connect, connect_invite
-from momedod.server.daemon import Daemon, serve
-
-
-@dataclass
-class Server:
-    """A running in-process daemon and shortcuts to use it like an operator and a client."""
-
-    daemon: Daemon
-    state_dir: Path
-
-    @property
-    def socket(self) -> Path:
-        return self.daemon.config.admin.socket
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self.daemon.listeners[0].bound[0]
-        return host, port
-
-    @property
-    def fingerprint(self) -> bytes:
-        return self.daemon.fingerprint
-
-    async def admin(self, cmd: str, **args: Any) -> dict[str, Any]:
-        return await admin(self.socket, cmd, **args)
-
-    async def add_user(self, name: str) -> tuple[str, str]:
-        """Create a user through the admin socket; returns (user_id, invite link)."""
-        result = await self.admin("user.add", name=name)
-        return result["user"]["user_id"], result["invite"]["link"]
-
-    @asynccontextmanager
-    async def enrolled(self, name: str) -> AsyncIterator[tuple[Client, Credentials]]:
-        _uid, link = await self.add_user(name)
-        host, port, _fp = link_parts(link)
-        assert (host, port) == self.address
-        async with connect_invite(link, f"{name}-phone") as (client, creds):
-            yield client, creds
-
-    async def enroll(self, name: str) -> Credentials:
-        async with self.enrolled(name) as (_client, creds):
-            return creds
-
-    def connect(self, creds: Credentials) -> Any:
-        return connect(creds)
-
+from momedod.server.daemon import serve
 
 StartServer = Callable[..., Awaitable[Server]]
 

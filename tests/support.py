@@ -11,17 +11,21 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from momedod.client.transport import Client, Credentials, connect, connect_invite
 from momedod.config import AdminConfig, Config, LimitsConfig, ListenerConfig, ServerConfig
 from momedod.protocol import frames as f
 from momedod.protocol.connection import Connection, Role
 from momedod.protocol.errors import ProtocolError
 from momedod.protocol.invite import parse_invite_link
+from momedod.server.daemon import Daemon
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -124,6 +128,50 @@ async def raw_connect(host: str, port: int) -> RawClient:
 def link_parts(link: str) -> tuple[str, int, bytes]:
     inv = parse_invite_link(link)
     return inv.host, inv.port, inv.fingerprint
+
+
+@dataclass
+class Server:
+    """A running in-process daemon and shortcuts to use it like an operator and a client."""
+
+    daemon: Daemon
+    state_dir: Path
+
+    @property
+    def socket(self) -> Path:
+        return self.daemon.config.admin.socket
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.daemon.listeners[0].bound[0]
+        return host, port
+
+    @property
+    def fingerprint(self) -> bytes:
+        return self.daemon.fingerprint
+
+    async def admin(self, cmd: str, **args: Any) -> dict[str, Any]:
+        return await admin(self.socket, cmd, **args)
+
+    async def add_user(self, name: str) -> tuple[str, str]:
+        """Create a user through the admin socket; returns (user_id, invite link)."""
+        result = await self.admin("user.add", name=name)
+        return result["user"]["user_id"], result["invite"]["link"]
+
+    @asynccontextmanager
+    async def enrolled(self, name: str) -> AsyncIterator[tuple[Client, Credentials]]:
+        _uid, link = await self.add_user(name)
+        host, port, _fp = link_parts(link)
+        assert (host, port) == self.address
+        async with connect_invite(link, f"{name}-phone") as (client, creds):
+            yield client, creds
+
+    async def enroll(self, name: str) -> Credentials:
+        async with self.enrolled(name) as (_client, creds):
+            return creds
+
+    def connect(self, creds: Credentials) -> Any:
+        return connect(creds)
 
 
 class DaemonProcess:

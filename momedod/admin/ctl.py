@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from momedod.admin.locate import add_socket_arguments, connect_error, socket_path
 from momedod.admin.protocol import (
     AdminError,
     DeviceInfo,
@@ -25,13 +26,12 @@ from momedod.admin.protocol import (
     encode_request,
     parse_time,
 )
-from momedod.config import ConfigError, load_config
+from momedod.config import ConfigError
 from momedod.protocol import userid
 
 __all__ = ["CtlError", "main", "request"]
 
 REPLY_TIMEOUT_S = 60.0
-ADMIN_GROUP = "momedo-admin"
 
 
 class CtlError(Exception):
@@ -51,7 +51,7 @@ def request(
         try:
             sock.connect(os.fspath(path))
         except OSError as e:
-            raise CtlError(_connect_error(path, e)) from None
+            raise CtlError(connect_error(path, e)) from None
         try:
             sock.sendall(encode_request(Request(cmd=cmd, args=args, id=1)))
             reply = _read_line(sock)
@@ -63,17 +63,6 @@ def request(
     if response.error is not None:
         raise response.error
     return response.result or {}
-
-
-def _connect_error(path: Path, e: OSError) -> str:
-    prefix = f"cannot reach momedod at {path}"
-    if isinstance(e, FileNotFoundError):
-        return f"{prefix}: no such socket — is the daemon running?"
-    if isinstance(e, ConnectionRefusedError):
-        return f"{prefix}: connection refused — is the daemon running?"
-    if isinstance(e, PermissionError):
-        return f"{prefix}: permission denied — add your account to the group {ADMIN_GROUP}"
-    return f"{prefix}: {e.strerror or e}"
 
 
 def _read_line(sock: socket.socket) -> bytes:
@@ -266,19 +255,7 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="momedoctl",
         description="Manage users and devices of a running momedod through its admin socket.",
     )
-    parser.add_argument(
-        "-c",
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="momedod config file that names the socket "
-        "(default: $MOMEDO_CONFIG, else /etc/momedo/momedod.toml)",
-    )
-    parser.add_argument(
-        "--dev",
-        action="store_true",
-        help="talk to the dev server of this checkout (./.momedo-dev/admin.sock)",
-    )
+    add_socket_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     # --json is also accepted after the command; SUPPRESS keeps a leading one in effect.
     late_json = argparse.ArgumentParser(add_help=False)
@@ -352,8 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``momedoctl``; returns the exit code (argparse exits 2 on usage errors)."""
     ns = _build_parser().parse_args(argv)
     try:
-        socket_path = load_config(ns.config, dev=ns.dev).admin.socket
-        result = request(socket_path, ns.cmd, _request_args(ns))
+        result = request(socket_path(ns), ns.cmd, _request_args(ns))
     except (ConfigError, CtlError, AdminError) as e:
         print(f"momedoctl: {e}", file=sys.stderr)
         return 1

@@ -1,16 +1,18 @@
 """Which devices are online, and the hooks to wake or disconnect them.
 
 A session registers once it is authenticated. One session per device: a newer login replaces
-the older one. Wake-ups are hints — the mailbox in the store stays the truth — so a wake for a
-device that is offline is simply dropped.
+the older one. A committed message is offered to the online recipients' sessions directly, so
+live delivery needs no store read; the offer is a hint — the mailbox in the store stays the
+truth — so an offer to a device that is offline is simply dropped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Protocol
 
 from momedod.protocol.errors import ErrorCode
+from momedod.store import EnqueueResult, MailboxEntry
 
 Addr = tuple[str, int]
 
@@ -20,7 +22,7 @@ class Online(Protocol):
 
     addr: Addr
 
-    def wake(self) -> None: ...
+    def offer(self, entry: MailboxEntry) -> None: ...
 
     def kick(self, code: ErrorCode, message: str) -> None: ...
 
@@ -44,11 +46,14 @@ class Presence:
         if self._by_addr.get(session.addr) is session:
             del self._by_addr[session.addr]
 
-    def wake(self, addrs: Iterable[Addr]) -> None:
-        for addr in addrs:
-            session = self._by_addr.get(addr)
+    def deliver(
+        self, result: EnqueueResult, message_id: bytes, payload: bytes, parts: Sequence[bytes]
+    ) -> None:
+        """Hand a just-committed message to the sessions of its online recipient devices."""
+        for (uid, did, seq), part in zip(result.deliveries, parts, strict=True):
+            session = self._by_addr.get((uid, did))
             if session is not None:
-                session.wake()
+                session.offer(MailboxEntry(seq, message_id, result.server_ts_ms, payload, part))
 
     def disconnect_user(self, user_id: str, code: ErrorCode, message: str) -> int:
         victims = [s for (uid, _), s in self._by_addr.items() if uid == user_id]

@@ -6,8 +6,9 @@ Tasks per session, all owned by one nursery:
 - writer: drains the bounded outbox and coalesces everything queued into one ``send_all``;
 - timer: enforces the handshake deadline, pings after half the idle timeout, drops dead peers;
 - pump (after authentication): streams the device's mailbox from the store in seq order, then
-  waits for wake-ups from the router. The store is the only source of deliveries, so live and
-  offline delivery share one ordered path.
+  delivers live messages as presence offers them. An offer is used only if it continues the
+  seq sequence exactly; any gap (offers arrive in the order the senders' tasks resume, not in
+  commit order) or overflow falls back to reading the store, which is always complete.
 
 A fatal condition calls ``_fatal``: it records the ERROR frame to send last and cancels the
 nursery; ``run`` then sends that frame (unless a write was cut off mid-way, which leaves the
@@ -44,6 +45,7 @@ from momedod.server.presence import Presence
 from momedod.store import (
     InviteExpired,
     InviteInvalid,
+    MailboxEntry,
     MailboxFull,
     NotFound,
     Recipient,
@@ -59,6 +61,7 @@ log = structlog.get_logger("momedod.session")
 PROTOCOL_VERSION = 1
 OUTBOX_FRAMES = 64
 DELIVERY_WINDOW = 256  # DELIVER frames in flight before the client must ACK (sent in WELCOME)
+LIVE_MAX = 1024  # offered entries held in memory; beyond that the pump reads the store
 FETCH_BATCH = 64
 RECV_BYTES = 65536
 FINAL_SEND_TIMEOUT = 2.0
@@ -106,6 +109,8 @@ class Session:
         self._out_send, self._out_recv = trio.open_memory_channel[bytes](OUTBOX_FRAMES)
         self._wake_event = trio.Event()
         self._inflight: set[int] = set()  # seqs delivered in this session and not yet acked
+        self._live: dict[int, MailboxEntry] = {}  # offered by presence, by seq
+        self._live_overflow = False
         self._acked = trio.Event()
         self._scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
@@ -117,7 +122,11 @@ class Session:
 
     # --- hooks used by presence -------------------------------------------------------------
 
-    def wake(self) -> None:
+    def offer(self, entry: MailboxEntry) -> None:
+        if len(self._live) < LIVE_MAX:
+            self._live[entry.seq] = entry
+        else:
+            self._live_overflow = True
         self._wake_event.set()
 
     def kick(self, code: ErrorCode, message: str) -> None:
@@ -257,26 +266,40 @@ class Session:
 
     async def _pump(self) -> None:
         store, (uid, did) = self.ctx.store, self.addr
-        cursor = 0
+        cursor = 0  # highest seq delivered in this session
         drained = False
+        read_store = True
         while True:
             wake = self._wake_event = trio.Event()
-            entries = await store.fetch(uid, did, cursor, FETCH_BATCH)
-            for e in entries:
-                while len(self._inflight) >= DELIVERY_WINDOW:
-                    self._acked = trio.Event()
-                    await self._acked.wait()
-                self._inflight.add(e.seq)
-                await self._send(
-                    f.Deliver(0, e.seq, e.message_id, e.server_ts_ms, e.payload, e.part)
-                )
+            if read_store or self._live_overflow:
+                self._live_overflow = False
+                entries = await store.fetch(uid, did, cursor, FETCH_BATCH)
+                for e in entries:
+                    await self._deliver(e)
+                    cursor = e.seq
+                if len(entries) == FETCH_BATCH:
+                    continue
+                read_store = False
+                if not drained:
+                    drained = True
+                    await self._send(f.Drained(0, cursor))
+            live = self._live
+            while (e := live.pop(cursor + 1, None)) is not None:  # type: ignore[arg-type]
+                await self._deliver(e)
                 cursor = e.seq
-            if len(entries) == FETCH_BATCH:
+            for seq in [s for s in live if s <= cursor]:
+                del live[seq]
+            if live:  # a gap before the next offered seq: the store has the whole sequence
+                read_store = True
                 continue
-            if not drained:
-                drained = True
-                await self._send(f.Drained(0, cursor))
             await wake.wait()
+
+    async def _deliver(self, e: MailboxEntry) -> None:
+        while len(self._inflight) >= DELIVERY_WINDOW:
+            self._acked = trio.Event()
+            await self._acked.wait()
+        self._inflight.add(e.seq)
+        await self._send(f.Deliver(0, e.seq, e.message_id, e.server_ts_ms, e.payload, e.part))
 
     async def _send(self, frame: f.Frame) -> None:
         if self._final is not None:  # closing: only the final ERROR goes out now
@@ -404,14 +427,14 @@ class Session:
             ) from None
         except UserDisabled:
             raise ProtocolError(ErrorCode.USER_DISABLED, "this account is disabled") from None
-        self._log.info("device.enrolled", user=device.user_id, device=device.device_id)
+        self._log.info("device.enrolled", user=display(device.user_id), device=device.device_id)
         await self._authenticated(frame.request_id, device.user_id, device.device_id)
 
     async def _authenticated(self, request_id: int, user_id: str, device_id: int) -> None:
         self.addr = (user_id, device_id)
         await self._send(f.AuthOk(request_id, user_id, device_id, now_ms()))
         self.authenticated = True
-        self._log = self._log.bind(user=user_id, device=device_id)
+        self._log = self._log.bind(user=display(user_id), device=device_id)
         self._log.info("session.authenticated")
         self.ctx.presence.register(self)
         await self.ctx.store.touch_device(user_id, device_id, now_ms())
@@ -457,7 +480,9 @@ class Session:
             return
         await self._send(f.Accepted(rid, frame.message_id, result.server_ts_ms, result.duplicate))
         self.ctx.on_event("message_accepted")
-        self.ctx.presence.wake(result.devices)
+        self.ctx.presence.deliver(
+            result, frame.message_id, frame.payload, [r.part for r in frame.recipients]
+        )
 
     async def _on_key_put(self, frame: f.KeyPut) -> None:
         rid, (uid, did) = frame.request_id, self.addr

@@ -89,13 +89,14 @@ class Recipient:
 class EnqueueResult:
     """Outcome of :meth:`Store.enqueue`.
 
-    ``devices`` lists the recipient devices to wake; it is empty for a duplicate, and
-    ``server_ts_ms`` is then the timestamp of the original submission.
+    ``deliveries`` names, in the order of the recipients given, each recipient device and the
+    seq its new mailbox entry got: ``(user_id, device_id, seq)``. It is empty for a duplicate,
+    and ``server_ts_ms`` is then the timestamp of the original submission.
     """
 
     duplicate: bool
     server_ts_ms: int
-    devices: tuple[tuple[str, int], ...]
+    deliveries: tuple[tuple[str, int, int], ...]
 
 
 @dataclass(frozen=True, slots=True)

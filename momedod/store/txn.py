@@ -380,7 +380,13 @@ def enqueue(
             for (pk, seq), r in zip(slots, recipients, strict=True)
         ],
     )
-    return EnqueueResult(False, now_ms, tuple((r.user_id, r.device_id) for r in recipients))
+    return EnqueueResult(
+        False,
+        now_ms,
+        tuple(
+            (r.user_id, r.device_id, seq) for (_pk, seq), r in zip(slots, recipients, strict=True)
+        ),
+    )
 
 
 def fetch(tx: Tx, user_id: str, device_id: int, after_seq: int, limit: int) -> list[MailboxEntry]:

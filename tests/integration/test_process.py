@@ -35,29 +35,28 @@ async def test_sigkill_during_burst_loses_no_accepted_message(tmp_path):
     proc = DaemonProcess(tmp_path, free_port())
     proc.start()
     try:
-        sender = await enroll_via(proc, "Sender")
+        senders = [await enroll_via(proc, f"Sender{i}") for i in range(4)]
         rcpts = [await enroll_via(proc, f"R{i}") for i in range(3)]
         to = [f.Recipient(r.user_id, r.device_id, b"") for r in rcpts]
         accepted: set[bytes] = set()
 
-        async def burst(worker: int) -> None:
+        async def burst(creds) -> None:  # type: ignore[no-untyped-def]
             try:
-                async with connect(sender) as c:
+                async with connect(creds) as c:
                     for i in range(100_000):
                         mid = secrets.token_bytes(16)
-                        await c.send(mid, f"w{worker}-{i}".encode() * 20, to)
+                        await c.send(mid, f"{creds.user_id}-{i}".encode() * 20, to)
                         accepted.add(mid)
             except ClientError:
                 return  # the daemon died under us
 
         async with trio.open_nursery() as n:
-            # One connection per device: several workers share one sender identity, so use
-            # a single worker for the sender and let the burst run until the kill.
-            n.start_soon(burst, 0)
-            while len(accepted) < 300:
+            for s in senders:  # concurrent senders: the kill lands inside group commits
+                n.start_soon(burst, s)
+            while len(accepted) < 400:
                 await trio.sleep(0.01)
             await trio.to_thread.run_sync(proc.kill)
-        assert len(accepted) >= 300
+        assert len(accepted) >= 400
         proc.start()
         for r in rcpts:
             got = await collect(r)

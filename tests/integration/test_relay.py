@@ -79,7 +79,7 @@ async def test_offline_message_survives_daemon_restart(tmp_path, nursery):
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as inner:
             daemon = await inner.start(serve, config)
-            from conftest import Server
+            from support import Server
 
             srv = Server(daemon, config.server.state_dir)
             alice = await srv.enroll("Alice")
@@ -226,3 +226,88 @@ async def test_key_history_larger_than_a_frame_keeps_the_newest(start_server):
     assert got[-1] == lists[-1]  # the newest device list is always there
     assert got == lists[-len(got) :]  # oldest history dropped first, order kept
     assert len(got) < len(lists)
+
+
+async def test_several_listeners_serve_the_same_mailboxes(tmp_path, nursery):
+    from dataclasses import replace
+
+    from support import make_config
+
+    from momedod.config import ListenerConfig
+    from momedod.server.daemon import serve
+
+    base = make_config(tmp_path / "state")
+    config = replace(
+        base,
+        listeners=(
+            ListenerConfig(address="127.0.0.1", port=0),
+            ListenerConfig(address="127.0.0.1", port=0, max_connections=5),
+        ),
+    )
+    daemon = await nursery.start(serve, config)
+    from support import Server
+
+    srv = Server(daemon, config.server.state_dir)
+    ports = [ls.bound[0][1] for ls in daemon.listeners]
+    assert len(set(ports)) == 2
+    alice = await srv.enroll("Alice")  # through the first listener
+    bob = await srv.enroll("Bob")
+    mid = new_message_id()
+    async with connect(replace(alice, port=ports[1])) as a:
+        await a.send(mid, b"via second", [Recipient(bob.user_id, bob.device_id, b"")])
+    async with connect(replace(bob, port=ports[0])) as b:
+        got = await drain(b)
+    assert [d.message_id for d in got] == [mid]
+    info = await srv.admin("server.info")
+    assert [li["port"] for li in info["listeners"]] == ports
+
+
+async def test_concurrent_senders_to_an_online_device_arrive_complete_and_in_order(server):
+    senders = [await server.enroll(f"S{i}") for i in range(6)]
+    bob = await server.enroll("Bob")
+    sent: set[bytes] = set()
+    async with connect(bob) as b:
+        assert await drain(b) == []
+
+        async def burst(creds) -> None:  # type: ignore[no-untyped-def]
+            async with connect(creds) as c:
+                for _ in range(60):
+                    mid = new_message_id()
+                    sent.add(mid)
+                    await c.send(mid, mid, [Recipient(bob.user_id, bob.device_id, b"")])
+
+        got: list[Deliver] = []
+        async with trio.open_nursery() as n:
+            for s in senders:
+                n.start_soon(burst, s)
+            while len(got) < 360:
+                ev = await b.receive(10)
+                assert isinstance(ev, Deliver)
+                got.append(ev)
+                await b.ack([ev.seq])
+    seqs = [d.seq for d in got]
+    assert seqs == list(range(seqs[0], seqs[0] + 360))  # every seq once, in order, no gaps
+    assert {d.message_id for d in got} == sent
+    assert all(d.payload == d.message_id for d in got)
+
+
+async def test_out_of_order_offers_are_delivered_in_seq_order(server):
+    """Offers reach a session in the order sender tasks resume, which need not be seq order."""
+    from momedod.store import Recipient as StoreRecipient
+
+    alice = await server.enroll("Alice")
+    bob = await server.enroll("Bob")
+    store, presence = server.daemon.store, server.daemon.presence
+    async with connect(bob) as b:
+        assert await drain(b) == []
+        to_bob = [StoreRecipient(bob.user_id, bob.device_id, b"")]
+        ids = [new_message_id() for _ in range(3)]
+        results = [await store.enqueue((alice.user_id, 1), mid, mid, to_bob, 1, 100) for mid in ids]
+        # Offer the last first: the session must not deliver seq 3 before 1 and 2.
+        presence.deliver(results[2], ids[2], ids[2], [b""])
+        got = [await b.receive(5) for _ in range(3)]
+        assert [d.message_id for d in got] == ids
+        presence.deliver(results[0], ids[0], ids[0], [b""])  # late offers are ignored
+        with trio.move_on_after(0.3) as quiet:
+            await b.receive()
+        assert quiet.cancelled_caught

@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 import trio
 
-from momedod.store import DeviceRevoked, NotFound, RecordStale, Store, open_store
+from momedod.store import DeviceRevoked, NotFound, RecordStale, Store
 
 T0 = 1_700_000_000_000
 DAY = 86_400_000
 KEY = b"\x01" * 32
 SPK, OTPK = 1, 2
 SUITE, OTHER_SUITE = 1, 2
-
-
-def fake_user_id() -> str:
-    return secrets.token_hex(4).upper()
-
-
-def fake_invite_code() -> str:
-    return secrets.token_hex(10).upper()
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    async with open_store(
-        "sqlite", tmp_path, new_user_id=fake_user_id, new_invite_code=fake_invite_code
-    ) as s:
-        yield s
 
 
 async def make_user(store: Store, devices: int = 1) -> str:

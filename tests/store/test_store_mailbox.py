@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 import trio
 
@@ -15,29 +11,12 @@ from momedod.store import (
     Recipient,
     Store,
     UnknownRecipient,
-    open_store,
 )
 
 T0 = 1_700_000_000_000
 DAY = 86_400_000
 TTL = 30 * DAY
 KEY = b"\x01" * 32
-
-
-def fake_user_id() -> str:
-    return secrets.token_hex(4).upper()
-
-
-def fake_invite_code() -> str:
-    return secrets.token_hex(10).upper()
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    async with open_store(
-        "sqlite", tmp_path, new_user_id=fake_user_id, new_invite_code=fake_invite_code
-    ) as s:
-        yield s
 
 
 async def make_user(store: Store, name: str, devices: int = 1) -> str:
@@ -57,7 +36,7 @@ async def test_enqueued_message_is_fetched_with_payload_and_part(store: Store) -
     result = await store.enqueue(
         (anna, 1), mid(1), b"envelope", [Recipient(ben, 1, b"wrapped key")], T0, 100
     )
-    assert (result.duplicate, result.server_ts_ms, result.devices) == (False, T0, ((ben, 1),))
+    assert (result.duplicate, result.server_ts_ms, result.deliveries) == (False, T0, ((ben, 1, 1),))
     [entry] = await store.fetch(ben, 1, 0, 10)
     assert (entry.seq, entry.message_id, entry.server_ts_ms, entry.payload, entry.part) == (
         1,
@@ -75,7 +54,7 @@ async def test_retry_from_same_sender_is_a_duplicate(store: Store) -> None:
     to_ben = [Recipient(ben, 1, b"")]
     await store.enqueue((anna, 1), mid(1), b"hello", to_ben, T0, 100)
     again = await store.enqueue((anna, 1), mid(1), b"hello", to_ben, T0 + 5000, 100)
-    assert (again.duplicate, again.server_ts_ms, again.devices) == (True, T0, ())
+    assert (again.duplicate, again.server_ts_ms, again.deliveries) == (True, T0, ())
     assert len(await store.fetch(ben, 1, 0, 10)) == 1
 
 
@@ -98,7 +77,7 @@ async def test_payload_is_stored_once_and_freed_after_all_acks(store: Store) -> 
     recipients = [Recipient(ben, d, f"ben{d}".encode()) for d in (1, 2, 3)]
     recipients += [Recipient(carl, d, f"carl{d}".encode()) for d in (1, 2)]
     result = await store.enqueue((anna, 1), mid(1), b"x" * 5000, recipients, T0, 100)
-    assert set(result.devices) == {(r.user_id, r.device_id) for r in recipients}
+    assert result.deliveries == tuple((r.user_id, r.device_id, 1) for r in recipients)
     stats = await store.stats()
     assert (stats.payloads, stats.mailbox_entries) == (1, 5)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import sqlite3
 import stat
 from collections.abc import AsyncIterator
@@ -31,20 +30,13 @@ DAY = 86_400_000
 KEY = b"\x01" * 32
 
 
-def fake_user_id() -> str:
-    return secrets.token_hex(4).upper()
-
-
-def fake_invite_code() -> str:
-    return secrets.token_hex(10).upper()
-
-
-def opened(path: Path) -> Any:
-    return open_store("sqlite", path, new_user_id=fake_user_id, new_invite_code=fake_invite_code)
+@pytest.fixture
+def opened(store_opener: Any) -> Any:
+    return store_opener
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+async def store(tmp_path: Path, opened: Any) -> AsyncIterator[SQLiteStore]:
     async with opened(tmp_path) as s:
         assert isinstance(s, SQLiteStore)
         yield s
@@ -62,7 +54,7 @@ def mid(n: int) -> bytes:
     return n.to_bytes(16, "big")
 
 
-async def test_data_and_seq_counters_survive_close_and_reopen(tmp_path: Path) -> None:
+async def test_data_and_seq_counters_survive_close_and_reopen(tmp_path: Path, opened: Any) -> None:
     async with opened(tmp_path) as store:
         anna, ben = await make_user(store), await make_user(store)
         for i in range(3):
@@ -156,7 +148,7 @@ async def test_cancelled_callers_leave_consistent_counts(store: SQLiteStore) -> 
     assert not result.duplicate
 
 
-async def test_close_finishes_queued_writes(tmp_path: Path) -> None:
+async def test_close_finishes_queued_writes(tmp_path: Path, opened: Any) -> None:
     sent: list[int] = []
     async with opened(tmp_path) as store:
         anna, ben = await make_user(store), await make_user(store)
@@ -231,7 +223,7 @@ async def test_disk_full_fails_with_storage_full_and_the_store_recovers(
     await store.enqueue((anna, 1), mid(999), b"x" * 200_000, to_ben, T0, 1000)
 
 
-async def test_files_are_private_to_the_daemon(tmp_path: Path) -> None:
+async def test_files_are_private_to_the_daemon(tmp_path: Path, opened: Any) -> None:
     state = tmp_path / "state"
     async with opened(state) as store:
         await make_user(store)
@@ -242,7 +234,7 @@ async def test_files_are_private_to_the_daemon(tmp_path: Path) -> None:
             assert stat.S_IMODE((state / name).stat().st_mode) == 0o600, name
 
 
-async def test_database_from_a_newer_momedod_is_refused(tmp_path: Path) -> None:
+async def test_database_from_a_newer_momedod_is_refused(tmp_path: Path, opened: Any) -> None:
     async with opened(tmp_path):
         pass
     with sqlite3.connect(tmp_path / "momedo.sqlite3") as db:
@@ -271,7 +263,7 @@ def test_migrations_run_in_order_each_all_or_nothing(tmp_path: Path) -> None:
     conn.close()
 
 
-async def test_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+async def test_file_that_is_not_a_database_is_refused(tmp_path: Path, opened: Any) -> None:
     (tmp_path / "momedo.sqlite3").write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreError, match=r"cannot open .*momedo\.sqlite3"):
         async with opened(tmp_path):

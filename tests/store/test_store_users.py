@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import secrets
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,22 +25,6 @@ T0 = 1_700_000_000_000
 HOUR = 3_600_000
 WEEK = 7 * 24 * HOUR
 KEY = b"\x01" * 32
-
-
-def fake_user_id() -> str:
-    return secrets.token_hex(4).upper()
-
-
-def fake_invite_code() -> str:
-    return secrets.token_hex(10).upper()
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    async with open_store(
-        "sqlite", tmp_path, new_user_id=fake_user_id, new_invite_code=fake_invite_code
-    ) as s:
-        yield s
 
 
 def scripted(ids: list[str]) -> Callable[[], str]:
@@ -177,12 +161,10 @@ async def test_deleted_user_is_gone_everywhere(store: Store) -> None:
 
 
 async def test_user_id_collisions_are_retried_and_deleted_ids_never_reused(
-    tmp_path: Path,
+    tmp_path: Path, store_opener: Any
 ) -> None:
     ids = scripted(["AAAAAAAA", "AAAAAAAA", "BBBBBBBB", "AAAAAAAA", "BBBBBBBB", "CCCCCCCC"])
-    async with open_store(
-        "sqlite", tmp_path, new_user_id=ids, new_invite_code=fake_invite_code
-    ) as s:
+    async with store_opener(tmp_path, new_user_id=ids) as s:
         first, _ = await s.create_user("first", T0, WEEK)
         second, _ = await s.create_user("second", T0, WEEK)
         await s.delete_user(first.user_id, T0)
@@ -190,10 +172,10 @@ async def test_user_id_collisions_are_retried_and_deleted_ids_never_reused(
     assert (first.user_id, second.user_id, third.user_id) == ("AAAAAAAA", "BBBBBBBB", "CCCCCCCC")
 
 
-async def test_id_generator_that_never_finds_a_free_id_gives_up(tmp_path: Path) -> None:
-    async with open_store(
-        "sqlite", tmp_path, new_user_id=lambda: "AAAAAAAA", new_invite_code=fake_invite_code
-    ) as s:
+async def test_id_generator_that_never_finds_a_free_id_gives_up(
+    tmp_path: Path, store_opener: Any
+) -> None:
+    async with store_opener(tmp_path, new_user_id=lambda: "AAAAAAAA") as s:
         await s.create_user("first", T0, WEEK)
         with pytest.raises(StoreError, match="unused user ID"):
             await s.create_user("second", T0, WEEK)
