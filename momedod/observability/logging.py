@@ -92,7 +92,11 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
     if concrete == "console":
         processors += [
             structlog.processors.TimeStamper(fmt="%H:%M:%S"),
-            structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
+            structlog.dev.ConsoleRenderer(
+                # Plain tracebacks: rich ones print local variables, which may hold payloads.
+                colors=sys.stderr.isatty(),
+                exception_formatter=structlog.dev.plain_traceback,
+            ),
         ]
     elif concrete == "journald":
         processors += [_priority_prefix, _PrefixedLogfmt()]

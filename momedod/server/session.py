@@ -284,7 +284,8 @@ class Session:
                     drained = True
                     await self._send(f.Drained(0, cursor))
             live = self._live
-            while (e := live.pop(cursor + 1, None)) is not None:  # type: ignore[arg-type]
+            while cursor + 1 in live:
+                e = live.pop(cursor + 1)
                 await self._deliver(e)
                 cursor = e.seq
             for seq in [s for s in live if s <= cursor]:
@@ -413,8 +414,14 @@ class Session:
             self.ctx.on_event("auth_failed")
             raise ProtocolError(ErrorCode.AUTH_FAILED, "bad enrollment signature")
         try:
+            code = normalize_invite_code(frame.invite_code)
+        except ValueError:
+            raise ProtocolError(
+                ErrorCode.INVITE_INVALID, "unknown or already used invite"
+            ) from None
+        try:
             device = await self.ctx.store.redeem_invite(
-                normalize_invite_code(frame.invite_code),
+                code,
                 frame.transport_pub,
                 frame.device_name,
                 now_ms(),

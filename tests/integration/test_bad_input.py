@@ -196,6 +196,8 @@ async def test_reused_invite_is_rejected(server, bystander):
     assert isinstance(again, f.Error) and again.code == ErrorCode.INVITE_INVALID
     unknown = await enroll_raw(server, "0" * 20)
     assert isinstance(unknown, f.Error) and unknown.code == ErrorCode.INVITE_INVALID
+    garbage = await enroll_raw(server, "not a code!")
+    assert isinstance(garbage, f.Error) and garbage.code == ErrorCode.INVITE_INVALID
     await bystander()
 
 
