@@ -102,6 +102,15 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: the Prometheus endpoint (plain HTTP; keep it on loopback or firewalled)."""
+
+    enabled: bool = True
+    address: str = "127.0.0.1"
+    port: int = 9479
+
+
+@dataclass(frozen=True)
 class StorageConfig:
     """``[storage]``: the database engine behind the store."""
 
@@ -118,6 +127,7 @@ class Config:
     admin: AdminConfig = AdminConfig()
     log: LogConfig = LogConfig()
     storage: StorageConfig = StorageConfig()
+    metrics: MetricsConfig = MetricsConfig()
     source: Path | None = None  # the file it was read from; None: built-in defaults
     dev: bool = False
 
@@ -419,6 +429,24 @@ _LOG_KEYS = (
         '"console", "logfmt" or "json".',
     ),
 )
+
+
+def _boolean(value: Any, base: Path) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid("true or false")
+    return value
+
+
+_METRICS_KEYS = (
+    _Key("enabled", _boolean, "Serve Prometheus metrics over HTTP at /metrics."),
+    _Key(
+        "address",
+        _listen_address,
+        "Address of the metrics endpoint. Plain HTTP without authentication: keep it on\n"
+        "127.0.0.1, or firewall it so only your Prometheus server can reach it.",
+    ),
+    _Key("port", _integer(1, 65535), "TCP port of the metrics endpoint."),
+)
 _STORAGE_KEYS = (_Key("engine", _choice(*STORAGE_ENGINES), 'Database engine; only "sqlite" now.'),)
 
 # TOML table name -> (Config attribute, dataclass, keys, help, is an array of tables)
@@ -437,6 +465,7 @@ _SECTIONS: dict[str, tuple[str, type, tuple[_Key, ...], str, bool]] = {
     "admin": ("admin", AdminConfig, _ADMIN_KEYS, "", False),
     "log": ("log", LogConfig, _LOG_KEYS, "", False),
     "storage": ("storage", StorageConfig, _STORAGE_KEYS, "", False),
+    "metrics": ("metrics", MetricsConfig, _METRICS_KEYS, "", False),
 }
 
 

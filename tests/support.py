@@ -20,7 +20,14 @@ from typing import Any
 import trio
 
 from momedod.client.transport import Client, Credentials, connect, connect_invite
-from momedod.config import AdminConfig, Config, LimitsConfig, ListenerConfig, ServerConfig
+from momedod.config import (
+    AdminConfig,
+    Config,
+    LimitsConfig,
+    ListenerConfig,
+    MetricsConfig,
+    ServerConfig,
+)
 from momedod.protocol import frames as f
 from momedod.protocol.connection import Connection, Role
 from momedod.protocol.errors import ProtocolError
@@ -41,6 +48,7 @@ def make_config(
         ),
         limits=replace(LimitsConfig(), **limits),
         admin=AdminConfig(socket=state_dir / "admin.sock"),
+        metrics=MetricsConfig(enabled=False),  # in-process daemons would share one port
     )
 
 
@@ -184,20 +192,23 @@ class DaemonProcess:
         self.socket = workdir / "admin.sock"
         self.log_path = workdir / "momedod.log"
         self.config_path = workdir / "momedod.toml"
+        self.metrics_port = free_port()
         self.config_path.write_text(
             f'[server]\nname = "proc"\nstate_dir = "{self.state}"\n'
             f'[[listener]]\naddress = "127.0.0.1"\nport = {port}\n'
             f'[admin]\nsocket = "{self.socket}"\n'
-            f'[log]\nlevel = "debug"\nformat = "json"\n{extra}'
+            f'[log]\nlevel = "debug"\nformat = "json"\n'
+            f"[metrics]\nport = {self.metrics_port}\n{extra}"
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 20.0) -> None:
+    def start(self, timeout: float = 20.0, env_extra: dict[str, str] | None = None) -> None:
         env = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith(("STATE_DIRECTORY", "RUNTIME_DIRECTORY"))
+            if not k.startswith(("STATE_DIRECTORY", "RUNTIME_DIRECTORY", "NOTIFY_SOCKET"))
         }
+        env.update(env_extra or {})
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(
             [str(VENV_BIN / "momedod"), "run", "-c", str(self.config_path)],

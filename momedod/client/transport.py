@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from momedod.protocol import frames as f
 from momedod.protocol.auth import auth_message, enroll_message
 from momedod.protocol.connection import Connection, Role
-from momedod.protocol.errors import ErrorCode, ProtocolError
+from momedod.protocol.errors import ErrorCode, LocalProtocolError, ProtocolError
 from momedod.protocol.invite import cert_fingerprint, fingerprint_text, parse_invite_link
 
 CLIENT_SOFTWARE = "momedo-py/0.1"
@@ -168,7 +168,14 @@ class Client:
 
     async def _write(self, frame: f.Frame) -> None:
         async with self._send_lock:
-            await self._stream.send_all(self.conn.send(frame))
+            # The lock is a checkpoint: the reader may have seen the end meanwhile.
+            if self._failure is not None:
+                raise self._failure
+            try:
+                data = self.conn.send(frame)
+            except LocalProtocolError as e:
+                raise self._failure or ClientError(f"cannot send: {e}") from None
+            await self._stream.send_all(data)
 
     async def request(self, frame: f.Frame) -> f.Frame:
         """Send a request and wait for its reply; an ERROR reply raises ``ServerError``."""
@@ -283,12 +290,14 @@ async def open_client(
     except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError) as e:
         await trio.aclose_forcefully(stream)
         raise ClientError(f"TLS handshake with {host}:{port} failed: {e}") from e
-    der = stream.getpeercert(binary_form=True)
-    seen = cert_fingerprint(der or b"")
+    try:
+        seen = cert_fingerprint(stream.getpeercert(binary_form=True) or b"")
+    except ValueError:
+        seen = b""
     if not hmac.compare_digest(seen, fingerprint):
         await trio.aclose_forcefully(stream)
         raise PinMismatch(
-            f"{host}:{port} presented certificate {fingerprint_text(seen)}, "
+            f"{host}:{port} presented key {fingerprint_text(seen) if seen else '(none)'}, "
             f"expected {fingerprint_text(fingerprint)}"
         )
     client = Client(stream, seen, timeout)

@@ -58,8 +58,18 @@ class InvalidInviteLink(ValueError):
 
 
 def cert_fingerprint(der: bytes) -> bytes:
-    """Return the pinning fingerprint of a certificate: SHA-256 of its DER bytes."""
-    return hashlib.sha256(der).digest()
+    """Return the pin of a server certificate: SHA-256 of its SubjectPublicKeyInfo (DER).
+
+    Pinning the public key rather than the whole certificate lets an operator renew the
+    certificate (new validity, same key) without locking out enrolled devices. Raises
+    ValueError if ``der`` is not a DER certificate.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    cert = x509.load_der_x509_certificate(der)
+    spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(spki).digest()
 
 
 def fingerprint_text(fp: bytes) -> str:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +15,23 @@ import trio
 
 import momedod
 from momedod.admin.server import AdminHandler, serve_admin
-from momedod.config import Config
+from momedod.config import Config, ConfigError, ListenerConfig, load_config
 from momedod.observability import logging as mlog
+from momedod.observability import metrics
+from momedod.observability import systemd as sd
 from momedod.protocol.errors import ErrorCode
 from momedod.protocol.invite import InviteLink, fingerprint_text
 from momedod.server.listener import ListenerState, serve_listener
 from momedod.server.presence import Presence
-from momedod.server.session import SessionContext
-from momedod.server.tls import TLSConfigError, ensure_self_signed, load_material
+from momedod.server.session import Session, SessionContext
+from momedod.server.tls import TLSConfigError, TLSMaterial, ensure_self_signed, load_material
 from momedod.store import Store, StoreError, open_store
 
 log = structlog.get_logger("momedod")
 
 EXPIRE_INTERVAL = 3600.0
+GAUGE_INTERVAL = 15.0
+DRAIN_GRACE = 10.0  # seconds sessions get to finish their requests on SIGTERM
 
 
 class StartupError(Exception):
@@ -43,6 +47,10 @@ class Daemon:
         self.listeners = listeners
         self.presence = Presence()
         self.started = time.monotonic()
+        self.open_sessions: set[Session] = set()
+        self.contexts: list[SessionContext] = []
+        self.nursery: trio.Nursery | None = None
+        self.sessions: trio.Nursery | None = None
 
     def now_ms(self) -> int:
         return time.time_ns() // 1_000_000
@@ -82,6 +90,7 @@ class Daemon:
                     "fingerprint": fingerprint_text(ls.tls.fingerprint),
                     "connections": ls.connections,
                     "max_connections": ls.config.max_connections,
+                    "certificate_expires": ls.tls.not_after.isoformat(),
                 }
                 for ls in self.listeners
             ],
@@ -95,6 +104,143 @@ class Daemon:
             (user_id, device_id), code, _KICK_TEXT.get(code, code.name)
         )
 
+    # --- listeners ------------------------------------------------------------------------
+
+    def _context(self) -> SessionContext:
+        limits = self.config.limits
+        return SessionContext(
+            store=self.store,
+            presence=self.presence,
+            server_name=self.config.server.name,
+            max_frame_bytes=limits.max_frame_bytes,
+            handshake_timeout=limits.handshake_timeout,
+            idle_timeout=limits.idle_timeout,
+            write_timeout=limits.write_timeout,
+            max_recipients=limits.max_recipients,
+            max_record_bytes=limits.max_record_bytes,
+            mailbox_max_messages=limits.mailbox_max_messages,
+            sessions=self.open_sessions,
+        )
+
+    async def start_listener(self, ls: ListenerState) -> None:
+        assert self.nursery is not None and self.sessions is not None
+        ctx = self._context()
+        try:
+            await self.nursery.start(serve_listener, ls, ctx, self.sessions)
+        except OSError as e:
+            raise StartupError(
+                f"cannot listen on {ls.config.address}:{ls.config.port}: {e.strerror or e}"
+            ) from e
+        self.contexts.append(ctx)
+        self.listeners.append(ls)
+        for host, port in ls.bound:
+            log.info("listener.ready", address=host, port=port, tls=f"{ls.config.tls_min_version}+")
+
+    def stop_listener(self, ls: ListenerState) -> None:
+        if ls.scope is not None:
+            ls.scope.cancel()
+        self.listeners.remove(ls)
+        log.info("listener.stopped", address=ls.config.address, port=ls.config.port)
+
+    # --- reload and shutdown -------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """SIGHUP: apply a changed config without closing connections; False if refused."""
+        sd.notify("RELOADING=1", sd.monotonic_usec())
+        try:
+            ok = await self._reload()
+        finally:
+            sd.notify("READY=1", "STATUS=serving")
+        metrics.RELOADS.labels("ok" if ok else "failed").inc()
+        return ok
+
+    async def _reload(self) -> bool:
+        old = self.config
+        try:
+            new = load_config(old.source, dev=old.dev) if old.source or old.dev else old
+        except ConfigError as e:
+            log.error("reload.failed", error=str(e), note="keeping the running configuration")
+            return False
+        for what in ("state_dir",):
+            if getattr(new.server, what) != getattr(old.server, what):
+                log.warning("reload.needs_restart", key=f"server.{what}")
+        if new.admin != old.admin or new.storage != old.storage or new.metrics != old.metrics:
+            log.warning("reload.needs_restart", key="admin/storage/metrics")
+        state_dir = old.server.state_dir
+        wanted = {(lc.address, lc.port): lc for lc in new.listeners}
+        ok = True
+        # New certificates and limits for listeners that stay; a broken pair keeps the old one.
+        for ls in list(self.listeners):
+            lc = wanted.get(ls.key)
+            if lc is None:
+                continue
+            try:
+                tls = _load_tls(lc, state_dir)
+            except TLSConfigError as e:
+                ok = False
+                log.error(
+                    "reload.tls_failed",
+                    listener=ls.name,
+                    error=str(e),
+                    note="the previous certificate stays in service",
+                )
+                continue
+            if tls.fingerprint != ls.tls.fingerprint:
+                log.warning(
+                    "reload.new_key",
+                    listener=ls.name,
+                    fingerprint=fingerprint_text(tls.fingerprint),
+                    note="enrolled devices pinned the old key and will refuse this one",
+                )
+            ls.set_tls(tls)
+            ls.config = lc
+            ls.set_max_connections(lc.max_connections)
+        for ls in [ls for ls in self.listeners if ls.key not in wanted]:
+            self.stop_listener(ls)
+        current = {ls.key for ls in self.listeners}
+        for key, lc in wanted.items():
+            if key in current:
+                continue
+            try:
+                await self.start_listener(ListenerState(lc, _load_tls(lc, state_dir)))
+            except (TLSConfigError, StartupError) as e:
+                ok = False
+                log.error("reload.listener_failed", address=lc.address, port=lc.port, error=str(e))
+        limits = new.limits
+        for ctx in self.contexts:
+            ctx.server_name = new.server.name
+            ctx.max_frame_bytes = limits.max_frame_bytes
+            ctx.handshake_timeout = limits.handshake_timeout
+            ctx.idle_timeout = limits.idle_timeout
+            ctx.write_timeout = limits.write_timeout
+            ctx.max_recipients = limits.max_recipients
+            ctx.max_record_bytes = limits.max_record_bytes
+            ctx.mailbox_max_messages = limits.mailbox_max_messages
+        self.config = replace(
+            new,
+            server=replace(new.server, state_dir=old.server.state_dir),
+            admin=old.admin,
+            storage=old.storage,
+            metrics=old.metrics,
+        )
+        mlog.configure(new.log.level, new.log.format)
+        log.info("reload.done", ok=ok, listeners=len(self.listeners))
+        return ok
+
+    async def drain(self, grace: float) -> None:
+        """SIGTERM: stop accepting, let requests in progress finish, close every session."""
+        sd.notify("STOPPING=1", "STATUS=stopping")
+        for ls in list(self.listeners):
+            if ls.scope is not None:
+                ls.scope.cancel()
+        for session in list(self.open_sessions):
+            session.drain()
+        with trio.move_on_after(grace):
+            while self.open_sessions:
+                await trio.sleep(0.05)
+        if self.open_sessions:
+            log.warning("server.drain_timeout", sessions=len(self.open_sessions))
+
 
 _KICK_TEXT = {
     ErrorCode.USER_DISABLED: "this account was disabled by an operator",
@@ -103,21 +249,13 @@ _KICK_TEXT = {
 }
 
 
-def _fingerprint_of(listener: ListenerState) -> bytes:
-    return listener.tls.fingerprint
-
-
-def _load_tls(config: Config) -> list[ListenerState]:
-    state_dir = config.server.state_dir
-    states = []
-    for lc in config.listeners:
-        if lc.cert is not None and lc.key is not None:
-            cert, key = lc.cert, lc.key
-        else:
-            hosts = [h for h in (lc.address, "localhost") if h not in ("0.0.0.0", "::")]
-            cert, key = ensure_self_signed(state_dir, hosts or [os.uname().nodename])
-        states.append(ListenerState(lc, load_material(cert, key, lc.tls_min_version)))
-    return states
+def _load_tls(lc: ListenerConfig, state_dir: Path) -> TLSMaterial:
+    if lc.cert is not None and lc.key is not None:
+        cert, key = lc.cert, lc.key
+    else:
+        hosts = [h for h in (lc.address, "localhost") if h not in ("0.0.0.0", "::")]
+        cert, key = ensure_self_signed(state_dir, hosts or [os.uname().nodename])
+    return load_material(cert, key, lc.tls_min_version)
 
 
 def _prepare_state_dir(path: Path) -> None:
@@ -141,14 +279,56 @@ async def _housekeeping(daemon: Daemon) -> None:
         await trio.sleep(EXPIRE_INTERVAL)
 
 
+async def _store_gauges(daemon: Daemon) -> None:
+    """Refresh the gauges that come from the store and the disk (not on every scrape)."""
+    state_dir = daemon.config.server.state_dir
+    while True:
+        try:
+            stats = await daemon.store.stats()
+            values: dict[str, float] = {
+                "momedod_users": stats.users,
+                "momedod_devices": stats.devices,
+                "momedod_mailbox_entries": stats.mailbox_entries,
+            }
+            oldest = getattr(stats, "oldest_entry_ms", None)
+            values["momedod_mailbox_oldest_age_seconds"] = (
+                max(0.0, (daemon.now_ms() - oldest) / 1000) if oldest else 0.0
+            )
+            fs = os.statvfs(state_dir)
+            values["momedod_state_dir_free_bytes"] = fs.f_bavail * fs.f_frsize
+            values["momedod_state_dir_size_bytes"] = fs.f_blocks * fs.f_frsize
+            values["momedod_store_size_bytes"] = sum(
+                p.stat().st_size for p in state_dir.glob("momedo.sqlite3*") if p.is_file()
+            )
+            metrics.STORE_SNAPSHOT.update(**values)
+        except (StoreError, OSError) as e:
+            log.warning("metrics.store_gauges_failed", error=str(e))
+        await trio.sleep(GAUGE_INTERVAL)
+
+
+async def _loop_lag() -> None:
+    while True:
+        expected = trio.current_time() + 1.0
+        await trio.sleep_until(expected)
+        metrics.LOOP_LAG.set(max(0.0, trio.current_time() - expected))
+
+
+async def _watchdog(interval: float) -> None:
+    # Fed from the event loop itself: a stalled loop stops the pings and systemd restarts us.
+    while True:
+        sd.notify("WATCHDOG=1")
+        await trio.sleep(interval)
+
+
 def _banner(daemon: Daemon) -> None:
     fp = fingerprint_text(daemon.fingerprint)
-    for ls in daemon.listeners:
-        for host, port in ls.bound:
-            log.info("listener.ready", address=host, port=port, tls=f"{ls.config.tls_min_version}+")
+    cfg = daemon.config
     log.info(
         "server.ready",
         fingerprint=fp,
+        metrics=f"http://{cfg.metrics.address}:{cfg.metrics.port}/metrics"
+        if cfg.metrics.enabled
+        else "disabled",
         admin_socket=str(daemon.config.admin.socket),
         state_dir=str(daemon.config.server.state_dir),
     )
@@ -173,7 +353,9 @@ async def serve(
     """Run the daemon until cancelled (the tests start it in-process this way too)."""
     _prepare_state_dir(config.server.state_dir)
     try:
-        listeners = _load_tls(config)
+        listeners = [
+            ListenerState(lc, _load_tls(lc, config.server.state_dir)) for lc in config.listeners
+        ]
     except TLSConfigError as e:
         raise StartupError(str(e)) from e
     try:
@@ -181,30 +363,23 @@ async def serve(
         store = await store_cm.__aenter__()
     except StoreError as e:
         raise StartupError(str(e)) from e
+    metrics_server = None
     try:
-        daemon = Daemon(config, store, listeners)
-        limits = config.limits
+        daemon = Daemon(config, store, [])
+        if config.metrics.enabled:
+            try:
+                metrics_server = metrics.serve(config.metrics.address, config.metrics.port)
+            except OSError as e:
+                raise StartupError(
+                    f"cannot serve metrics on {config.metrics.address}:{config.metrics.port}: "
+                    f"{e.strerror or e}"
+                ) from e
+        metrics.START_TIME.set(time.time())
         async with trio.open_nursery() as nursery:
+            daemon.nursery = nursery
+            daemon.sessions = await nursery.start(_session_nursery)
             for ls in listeners:
-                ctx = SessionContext(
-                    store=store,
-                    presence=daemon.presence,
-                    server_name=config.server.name,
-                    fingerprint=functools.partial(_fingerprint_of, ls),
-                    max_frame_bytes=limits.max_frame_bytes,
-                    handshake_timeout=limits.handshake_timeout,
-                    idle_timeout=limits.idle_timeout,
-                    write_timeout=limits.write_timeout,
-                    max_recipients=limits.max_recipients,
-                    max_record_bytes=limits.max_record_bytes,
-                    mailbox_max_messages=limits.mailbox_max_messages,
-                )
-                try:
-                    await nursery.start(serve_listener, ls, ctx)
-                except OSError as e:
-                    raise StartupError(
-                        f"cannot listen on {ls.config.address}:{ls.config.port}: {e.strerror or e}"
-                    ) from e
+                await daemon.start_listener(ls)
             try:
                 await nursery.start(serve_admin, config.admin.socket, AdminHandler(daemon))
             except OSError as e:
@@ -212,12 +387,27 @@ async def serve(
                     f"{config.admin.socket}: cannot create admin socket: {e.strerror or e}"
                 ) from e
             nursery.start_soon(_housekeeping, daemon)
+            nursery.start_soon(_store_gauges, daemon)
+            nursery.start_soon(_loop_lag)
+            interval = sd.watchdog_interval()
+            if interval:
+                nursery.start_soon(_watchdog, interval)
             _banner(daemon)
+            sd.notify("READY=1", "STATUS=serving")
             task_status.started(daemon)
             await trio.sleep_forever()
     finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
         with trio.CancelScope(shield=True):
             await store_cm.__aexit__(None, None, None)
+
+
+async def _session_nursery(*, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+    # Sessions live here, apart from the listeners, so stopping a listener closes nothing.
+    async with trio.open_nursery() as nursery:
+        task_status.started(nursery)
+        await trio.sleep_forever()
 
 
 async def _main(config: Config) -> None:
@@ -226,11 +416,10 @@ async def _main(config: Config) -> None:
             daemon: Daemon = await nursery.start(serve, config)
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    log.info("signal.hup", note="configuration reload is not supported yet")
+                    await daemon.reload()
                     continue
                 log.info("server.stopping", signal=signal.Signals(signum).name)
-                daemon.presence.disconnect_all(ErrorCode.SHUTTING_DOWN, "server is shutting down")
-                await trio.sleep(0.2)  # let the sessions write their SHUTTING_DOWN frames
+                await daemon.drain(DRAIN_GRACE)
                 nursery.cancel_scope.cancel()
                 break
 

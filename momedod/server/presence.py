@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from momedod.observability import metrics
 from momedod.protocol.errors import ErrorCode
 from momedod.store import EnqueueResult, MailboxEntry
 
@@ -39,12 +40,14 @@ class Presence:
     def register(self, session: Online) -> None:
         old = self._by_addr.get(session.addr)
         self._by_addr[session.addr] = session
+        metrics.ONLINE_DEVICES.set(len(self._by_addr))
         if old is not None and old is not session:
             old.kick(ErrorCode.SESSION_REPLACED, "this device logged in on a newer connection")
 
     def unregister(self, session: Online) -> None:
         if self._by_addr.get(session.addr) is session:
             del self._by_addr[session.addr]
+            metrics.ONLINE_DEVICES.set(len(self._by_addr))
 
     def deliver(
         self, result: EnqueueResult, message_id: bytes, payload: bytes, parts: Sequence[bytes]

@@ -21,14 +21,14 @@ import contextlib
 import secrets
 import ssl
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import count
 from typing import Any
 
 import structlog
 import trio
 
+from momedod.observability import metrics
 from momedod.protocol import frames as f
 from momedod.protocol.auth import auth_message, enroll_message, verify_signature
 from momedod.protocol.connection import Connection, Role
@@ -78,7 +78,6 @@ class SessionContext:
     store: Store
     presence: Presence
     server_name: str
-    fingerprint: Callable[[], bytes]  # current certificate's SHA-256 (changes on reload)
     max_frame_bytes: int
     handshake_timeout: float
     idle_timeout: float
@@ -86,7 +85,40 @@ class SessionContext:
     max_recipients: int
     max_record_bytes: int
     mailbox_max_messages: int
-    on_event: Callable[[str], None] = lambda _name: None
+    sessions: set[Session] = field(default_factory=set)  # every open session, for shutdown
+
+
+# Metric label of each frame class, e.g. KeyPut -> "key_put".
+_KIND: dict[type, str] = {
+    cls: "".join("_" + c.lower() if c.isupper() else c for c in cls.__name__).lstrip("_")
+    for cls in (
+        f.Hello,
+        f.Welcome,
+        f.Enroll,
+        f.Auth,
+        f.AuthOk,
+        f.Error,
+        f.Ok,
+        f.Ping,
+        f.Pong,
+        f.Send,
+        f.Accepted,
+        f.Deliver,
+        f.Ack,
+        f.Drained,
+        f.KeyPut,
+        f.KeyGet,
+        f.Keys,
+        f.KeyClaim,
+        f.Prekey,
+    )
+}
+
+
+def _refused(reason: str, code: ErrorCode, message: str) -> ProtocolError:
+    """A failed enrollment or login: counted by reason, answered with ``code``."""
+    metrics.AUTH_FAILURES.labels(reason).inc()
+    return ProtocolError(code, message)
 
 
 def now_ms() -> int:
@@ -96,7 +128,9 @@ def now_ms() -> int:
 class Session:
     """Serve one accepted TLS stream until it closes."""
 
-    def __init__(self, ctx: SessionContext, stream: trio.SSLStream[Any], peer: str) -> None:
+    def __init__(
+        self, ctx: SessionContext, stream: trio.SSLStream[Any], peer: str, cert_fp: bytes
+    ) -> None:
         self.ctx = ctx
         self.stream = stream
         self.peer = peer
@@ -104,7 +138,9 @@ class Session:
         self.conn = Connection(Role.SERVER, ctx.max_frame_bytes)
         self.addr: tuple[str, int] = ("", 0)
         self.authenticated = False
-        self._cert_fp = b""
+        self._cert_fp = cert_fp  # the pin of the certificate this connection is served with
+        self._busy = False  # handling a request (a drain waits for it to finish)
+        self._draining = False
         self._nonce = secrets.token_bytes(32)
         self._out_send, self._out_recv = trio.open_memory_channel[bytes](OUTBOX_FRAMES)
         self._wake_event = trio.Event()
@@ -132,17 +168,19 @@ class Session:
     def kick(self, code: ErrorCode, message: str) -> None:
         self._fatal(code, message)
 
+    def drain(self) -> None:
+        """Shutdown: close after the request being handled (if any) has been answered."""
+        self._draining = True
+        if not self._busy:
+            self._fatal(ErrorCode.SHUTTING_DOWN, "server is shutting down")
+
     # --- lifecycle --------------------------------------------------------------------------
 
     async def run(self) -> None:
+        self.ctx.sessions.add(self)
         try:
-            with trio.move_on_after(self.ctx.handshake_timeout) as hs:
-                await self.stream.do_handshake()
-            if hs.cancelled_caught:
-                self._log.info("tls.handshake_timeout")
-                self.ctx.on_event("handshake_timeout")
+            if not await self._tls_handshake():
                 return
-            self._cert_fp = self.ctx.fingerprint()
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
                 self._nursery = nursery
@@ -156,10 +194,25 @@ class Session:
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as e:
             self._log.debug("connection.lost", reason=type(e).__name__)
         finally:
+            self.ctx.sessions.discard(self)
             if self.authenticated:
                 self.ctx.presence.unregister(self)
             await trio.aclose_forcefully(self.stream)
             self._log.debug("connection.closed")
+
+    async def _tls_handshake(self) -> bool:
+        try:
+            with trio.move_on_after(self.ctx.handshake_timeout) as hs:
+                await self.stream.do_handshake()
+        except trio.BrokenResourceError as e:
+            metrics.HANDSHAKE_FAILURES.labels("error").inc()
+            self._log.debug("tls.handshake_failed", reason=str(e.__cause__ or e))
+            return False
+        if hs.cancelled_caught:
+            metrics.HANDSHAKE_FAILURES.labels("timeout").inc()
+            self._log.info("tls.handshake_timeout")
+            return False
+        return True
 
     async def _linger(self) -> None:
         # Closing with unread input makes the kernel send a TCP RST, which can overtake the
@@ -178,6 +231,7 @@ class Session:
 
     def _fatal(self, code: ErrorCode, message: str) -> None:
         if self._final is None:
+            metrics.PROTOCOL_ERRORS.labels(code.name).inc()
             try:
                 self._final = self.conn.send(f.Error(0, int(code), message))
             except Exception:
@@ -219,6 +273,7 @@ class Session:
         deadline = trio.current_time() + self.ctx.handshake_timeout
         while not self.authenticated:
             if trio.current_time() >= deadline:
+                metrics.AUTH_FAILURES.labels("timeout").inc()
                 self._fatal(ErrorCode.TIMEOUT, "authentication not completed in time")
                 return
             await trio.sleep_until(min(deadline, trio.current_time() + 0.25))
@@ -250,6 +305,8 @@ class Session:
             try:
                 self.conn.receive_data(data)
                 while (frame := self.conn.next_event()) is not None:
+                    metrics.frame_received(_KIND[type(frame)]).inc()
+                    self._busy = True
                     try:
                         await self._handle(frame)
                     except StoreError as e:
@@ -259,8 +316,12 @@ class Session:
                         await self._error(
                             frame.request_id, ErrorCode.INTERNAL, "storage failure; retry later"
                         )
+                    finally:
+                        self._busy = False
+                    if self._draining:
+                        self._fatal(ErrorCode.SHUTTING_DOWN, "server is shutting down")
+                        return
             except ProtocolError as e:
-                self.ctx.on_event("protocol_error")
                 self._fatal(e.code, e.message)
                 return
 
@@ -301,13 +362,17 @@ class Session:
             await self._acked.wait()
         self._inflight.add(e.seq)
         await self._send(f.Deliver(0, e.seq, e.message_id, e.server_ts_ms, e.payload, e.part))
+        metrics.MESSAGES_DELIVERED.inc()
+        metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - e.server_ts_ms / 1000))
 
     async def _send(self, frame: f.Frame) -> None:
         if self._final is not None:  # closing: only the final ERROR goes out now
             return
         await self._out_send.send(self.conn.send(frame))
+        metrics.frame_sent(_KIND[type(frame)]).inc()
 
     async def _error(self, request_id: int, code: ErrorCode, message: str) -> None:
+        metrics.PROTOCOL_ERRORS.labels(code.name).inc()
         await self._send(f.Error(request_id, int(code), message))
 
     # --- requests ---------------------------------------------------------------------------
@@ -396,44 +461,53 @@ class Session:
     async def _on_auth(self, frame: f.Auth) -> None:
         device = await self.ctx.store.get_device(frame.user_id, frame.device_id)
         msg = auth_message(self._nonce, self._cert_fp, frame.user_id, frame.device_id)
-        if device is None or not verify_signature(device.transport_pub, frame.signature, msg):
-            self.ctx.on_event("auth_failed")
-            raise ProtocolError(ErrorCode.AUTH_FAILED, "unknown device or bad signature")
+        if device is None:
+            raise _refused(
+                "unknown_device", ErrorCode.AUTH_FAILED, "unknown device or bad signature"
+            )
+        if not verify_signature(device.transport_pub, frame.signature, msg):
+            raise _refused(
+                "bad_signature", ErrorCode.AUTH_FAILED, "unknown device or bad signature"
+            )
         if device.revoked_ms is not None:
-            raise ProtocolError(ErrorCode.DEVICE_REVOKED, "this device has been revoked")
+            raise _refused(
+                "device_revoked", ErrorCode.DEVICE_REVOKED, "this device has been revoked"
+            )
         user = await self.ctx.store.get_user(frame.user_id)
         if user is None:
-            raise ProtocolError(ErrorCode.AUTH_FAILED, "unknown device or bad signature")
+            raise _refused(
+                "unknown_device", ErrorCode.AUTH_FAILED, "unknown device or bad signature"
+            )
         if user.disabled:
-            raise ProtocolError(ErrorCode.USER_DISABLED, "this account is disabled")
+            raise _refused("user_disabled", ErrorCode.USER_DISABLED, "this account is disabled")
         await self._authenticated(frame.request_id, frame.user_id, frame.device_id)
 
     async def _on_enroll(self, frame: f.Enroll) -> None:
         msg = enroll_message(self._nonce, self._cert_fp, frame.invite_code, frame.transport_pub)
         if not verify_signature(frame.transport_pub, frame.signature, msg):
-            self.ctx.on_event("auth_failed")
-            raise ProtocolError(ErrorCode.AUTH_FAILED, "bad enrollment signature")
+            raise _refused("bad_signature", ErrorCode.AUTH_FAILED, "bad enrollment signature")
         try:
             code = normalize_invite_code(frame.invite_code)
         except ValueError:
-            raise ProtocolError(
-                ErrorCode.INVITE_INVALID, "unknown or already used invite"
+            raise _refused(
+                "invite_invalid", ErrorCode.INVITE_INVALID, "unknown or already used invite"
             ) from None
         try:
             device = await self.ctx.store.redeem_invite(
-                code,
-                frame.transport_pub,
-                frame.device_name,
-                now_ms(),
+                code, frame.transport_pub, frame.device_name, now_ms()
             )
         except InviteExpired:
-            raise ProtocolError(ErrorCode.INVITE_EXPIRED, "invite has expired") from None
+            raise _refused(
+                "invite_expired", ErrorCode.INVITE_EXPIRED, "invite has expired"
+            ) from None
         except InviteInvalid:
-            raise ProtocolError(
-                ErrorCode.INVITE_INVALID, "unknown or already used invite"
+            raise _refused(
+                "invite_invalid", ErrorCode.INVITE_INVALID, "unknown or already used invite"
             ) from None
         except UserDisabled:
-            raise ProtocolError(ErrorCode.USER_DISABLED, "this account is disabled") from None
+            raise _refused(
+                "user_disabled", ErrorCode.USER_DISABLED, "this account is disabled"
+            ) from None
         self._log.info("device.enrolled", user=display(device.user_id), device=device.device_id)
         await self._authenticated(frame.request_id, device.user_id, device.device_id)
 
@@ -443,6 +517,7 @@ class Session:
         self.authenticated = True
         self._log = self._log.bind(user=display(user_id), device=device_id)
         self._log.info("session.authenticated")
+        metrics.AUTHENTICATED.inc()
         self.ctx.presence.register(self)
         await self.ctx.store.touch_device(user_id, device_id, now_ms())
         assert self._nursery is not None
@@ -486,7 +561,11 @@ class Session:
             )
             return
         await self._send(f.Accepted(rid, frame.message_id, result.server_ts_ms, result.duplicate))
-        self.ctx.on_event("message_accepted")
+        if result.duplicate:
+            metrics.MESSAGES_DUPLICATE.inc()
+        else:
+            metrics.MESSAGES_ACCEPTED.inc()
+            metrics.MAILBOX_ENTRIES_ADDED.inc(len(result.deliveries))
         self.ctx.presence.deliver(
             result, frame.message_id, frame.payload, [r.part for r in frame.recipients]
         )

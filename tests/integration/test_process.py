@@ -110,7 +110,7 @@ async def test_state_dir_and_logs_never_hold_payload(tmp_path):
 async def test_dev_server_prints_fingerprint_and_next_step(tmp_path):
     port = free_port()
     cfg = tmp_path / "dev.toml"
-    cfg.write_text(f"[[listener]]\nport = {port}\n")
+    cfg.write_text(f"[[listener]]\nport = {port}\n[metrics]\nport = {free_port()}\n")
     env = dict(os.environ, MOMEDO_CONFIG=str(cfg))
     proc = subprocess.Popen(
         [str(VENV_BIN / "momedod"), "run", "--dev"],

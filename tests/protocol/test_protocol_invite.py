@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from momedod.protocol import invite
 from momedod.protocol.invite import InvalidInviteLink, InviteLink
@@ -16,8 +21,38 @@ FP_TEXT = invite.fingerprint_text(FP)
 CODE = "7Z2QH4KMW9XRB3TNC8VD"
 
 
-def test_fingerprint_is_sha256_of_der_in_unpadded_base32() -> None:
-    assert invite.cert_fingerprint(b"certificate") == FP
+def _certificate(key: ec.EllipticCurvePrivateKey, serial: int) -> bytes:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "momedo test")])
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=serial))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_fingerprint_pins_the_public_key_not_the_certificate() -> None:
+    key = ec.derive_private_key(12345, ec.SECP256R1())
+    first, renewed = _certificate(key, 30), _certificate(key, 90)
+    assert first != renewed
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    assert invite.cert_fingerprint(first) == hashlib.sha256(spki).digest()
+    assert invite.cert_fingerprint(renewed) == invite.cert_fingerprint(first)
+    other = _certificate(ec.derive_private_key(54321, ec.SECP256R1()), 30)
+    assert invite.cert_fingerprint(other) != invite.cert_fingerprint(first)
+    with pytest.raises(ValueError):
+        invite.cert_fingerprint(b"not a certificate")
+
+
+def test_fingerprint_text_is_unpadded_base32() -> None:
     assert len(FP_TEXT) == 52
     assert base64.b32encode(FP).decode().rstrip("=") == FP_TEXT
     assert invite.parse_fingerprint_text(FP_TEXT) == FP
