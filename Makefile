@@ -30,3 +30,33 @@ test: lint typecheck pytest
 
 clean:
 	rm -rf $(VENV) .momedo-dev .mypy_cache .ruff_cache
+
+# --- installing on a server (see docs/ADMIN.md) ------------------------------------------------
+# sudo make install [PREFIX=/opt/momedo] [WHEELHOUSE=DIR] [DESTDIR=DIR]; sudo make uninstall
+# make wheelhouse [WHEELHOUSE=dist/wheelhouse] [WHEEL_ARCH=aarch64]; make check-unit [UNIT=...]
+PREFIX         ?= /opt/momedo
+DESTDIR        ?=
+BINDIR         ?= /usr/local/bin
+WHEELHOUSE     ?=
+WHEEL_ARCH     ?= aarch64
+WHEEL_PYTHON_VERSION ?= 3.11
+INSTALL_PYTHON ?= /usr/bin/python3
+UNIT           ?= systemd/momedod.service
+INSTALL_ENV     = PREFIX='$(PREFIX)' DESTDIR='$(DESTDIR)' BINDIR='$(BINDIR)' \
+                  WHEELHOUSE='$(WHEELHOUSE)' WHEEL_ARCH='$(WHEEL_ARCH)' \
+                  WHEEL_PYTHON_VERSION='$(WHEEL_PYTHON_VERSION)' \
+                  INSTALL_PYTHON='$(INSTALL_PYTHON)'
+
+.PHONY: install uninstall wheelhouse check-unit
+
+install:
+	@$(INSTALL_ENV) sh scripts/install.sh install
+
+uninstall:
+	@$(INSTALL_ENV) sh scripts/install.sh uninstall
+
+wheelhouse:
+	@$(INSTALL_ENV) sh scripts/install.sh wheelhouse
+
+check-unit:
+	@sh scripts/check-unit.sh '$(UNIT)'

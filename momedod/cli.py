@@ -1,4 +1,5 @@
-"""The ``momedod`` command: run the server, check a config file, print the default config."""
+"""The ``momedod`` command: run the server, check a config file, print the default config,
+restore a backup."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from momedod.config import ConfigError, default_config_text, load_config
+from momedod.config import Config, ConfigError, default_config_text, load_config
 
 __all__ = ["main"]
 
@@ -35,6 +36,25 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("-c", "--config", type=Path, metavar="FILE", help=config_help)
 
+    restore = commands.add_parser(
+        "restore",
+        help="restore a backup made with 'momedoctl backup' (the server must be stopped)",
+        description="Check a backup made with 'momedoctl backup' and restore it as the state "
+        "directory of the config (database and TLS certificate). The server must be stopped. "
+        "A damaged or incomplete backup is refused and nothing is changed.",
+    )
+    restore.add_argument("backup_dir", type=Path, metavar="DIR", help="the backup directory")
+    restore.add_argument("-c", "--config", type=Path, metavar="FILE", help=config_help)
+    restore.add_argument(
+        "--dev", action="store_true", help="restore into the dev server's ./.momedo-dev"
+    )
+    restore.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing state directory (it is moved to STATE_DIR.before-restore-TIME, "
+        "not deleted)",
+    )
+
     commands.add_parser(
         "default-config",
         help="print the commented default config",
@@ -57,10 +77,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         print(f"{config.source or 'built-in defaults (no config file found)'}: ok")
         return 0
+    if args.command == "restore":
+        return _restore(config, args.backup_dir, force=args.force)
 
     from momedod.server.daemon import run  # the daemon stack is only imported to run it
 
     return run(config)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _restore(config: Config, backup_dir: Path, *, force: bool) -> int:
+    from momedod.store.backup import BackupError, RestoreRefused, restore_backup
+
+    try:
+        result = restore_backup(
+            backup_dir,
+            config.server.state_dir,
+            admin_socket=config.admin.socket,
+            force=force,
+        )
+    except RestoreRefused as e:
+        print(f"momedod: restore refused: {e}", file=sys.stderr)
+        return 1
+    except (BackupError, OSError) as e:
+        print(f"momedod: restore failed: {e}", file=sys.stderr)
+        return 1
+    m = result.manifest
+    created = m.created.replace("T", " ").replace("Z", " UTC")
+    tls = [f.path for f in m.files if f.kind == "tls"]
+    lines = [
+        f"Restored {backup_dir.absolute()} (made {created} by momedo {m.momedo_version}) "
+        f"into {result.state_dir}:",
+        f"  database: {_count(m.users, 'user')}, {_count(m.devices, 'device')}, "
+        f"{_count(m.mailbox_entries, 'queued message')} (schema version {m.schema_version})",
+    ]
+    if tls:
+        lines.append(f"  TLS: {', '.join(tls)}")
+    else:
+        lines.append(
+            "  TLS: none in the backup; configure the old certificate (cert/key) or devices "
+            "will refuse the new one momedod generates"
+        )
+    if m.fingerprint:
+        lines.append(f"  certificate fingerprint at backup time: {m.fingerprint}")
+    if result.owner:
+        lines.append(f"  files owned by: {result.owner}")
+    if result.moved_aside:
+        lines.append(f"  the previous state directory was moved to {result.moved_aside}")
+    lines.append("Start momedod now; devices pick up their queued messages when they connect.")
+    print("\n".join(lines))
+    return 0
 
 
 if __name__ == "__main__":

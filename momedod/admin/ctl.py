@@ -1,4 +1,4 @@
-"""momedoctl: manage users and devices of a running momedod over its admin socket.
+"""momedoctl: manage users and devices of a running momedod over its admin socket, back it up.
 
 A plain blocking client (no event loop) so that it starts fast: connect, send one request
 line, read one reply line, print it for a person or, with ``--json``, for a program.
@@ -32,6 +32,7 @@ from momedod.protocol import userid
 __all__ = ["CtlError", "main", "request"]
 
 REPLY_TIMEOUT_S = 60.0
+BACKUP_TIMEOUT_S = 3600.0  # a backup of a big database on an SD card takes a while
 
 
 class CtlError(Exception):
@@ -245,6 +246,47 @@ def _show_server_info(result: dict[str, Any], args: argparse.Namespace) -> list[
     return lines
 
 
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} bytes"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            break
+    return f"{value:.1f} {unit}"
+
+
+def _count(n: Any, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _show_backup(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    seconds = float(result["seconds"])
+    return [
+        f"Backup written to {result['dir']} in {seconds:.{2 if seconds < 10 else 0}f} s: "
+        f"{_count(result['files'], 'file')}, {_size(int(result['bytes']))}.",
+        f"  {_count(result['users'], 'user')}, {_count(result['devices'], 'device')}, "
+        f"{_count(result['mailbox_entries'], 'queued message')}.",
+    ]
+
+
+def _backup_visible(result: dict[str, Any]) -> str | None:
+    """Why the backup the daemon wrote is not visible here, or None if it is (or may be)."""
+    directory = str(result.get("dir", ""))
+    try:
+        os.stat(directory)
+    except FileNotFoundError:
+        return (
+            f"momedod reports a backup in {directory}, but that directory does not exist here: "
+            "the service has its own /tmp (PrivateTmp=) or file system view; "
+            "choose a directory outside /tmp that the service may write to"
+        )
+    except OSError:
+        pass  # e.g. no permission to look: assume it is there
+    return None
+
+
 # --- command line ----------------------------------------------------------------------------
 
 _Show = Callable[[dict[str, Any], argparse.Namespace], list[str]]
@@ -302,6 +344,18 @@ def _build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("user_id", metavar="ID")
     revoke.add_argument("device_id", metavar="DEVICE", type=int, help="device number")
 
+    backup = command(
+        groups,
+        "backup",
+        "server.backup",
+        _show_backup,
+        "write an online backup of the server into a new or empty directory DIR "
+        "(on the server's machine; momedod writes it, so its user must be able to)",
+    )
+    backup.add_argument(
+        "dir", metavar="DIR", help="backup directory, e.g. /var/backups/momedo/2026-12-01"
+    )
+
     server = groups.add_parser("server", help="server status")
     servers = server.add_subparsers(dest="action", required=True, metavar="ACTION")
     command(
@@ -317,6 +371,8 @@ def _build_parser() -> argparse.ArgumentParser:
 def _request_args(ns: argparse.Namespace) -> dict[str, Any]:
     if ns.cmd == "user.add":
         return {"name": " ".join(ns.name)}
+    if ns.cmd == "server.backup":
+        return {"dir": os.path.abspath(ns.dir)}
     args: dict[str, Any] = {}
     if hasattr(ns, "user_id"):
         args["user_id"] = ns.user_id
@@ -328,8 +384,9 @@ def _request_args(ns: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``momedoctl``; returns the exit code (argparse exits 2 on usage errors)."""
     ns = _build_parser().parse_args(argv)
+    timeout = BACKUP_TIMEOUT_S if ns.cmd == "server.backup" else REPLY_TIMEOUT_S
     try:
-        result = request(socket_path(ns), ns.cmd, _request_args(ns))
+        result = request(socket_path(ns), ns.cmd, _request_args(ns), timeout=timeout)
     except (ConfigError, CtlError, AdminError) as e:
         print(f"momedoctl: {e}", file=sys.stderr)
         return 1
@@ -342,6 +399,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"momedoctl: unexpected reply from momedod ({e}); try --json", file=sys.stderr)
             return 1
         print("\n".join(lines))
+    if ns.cmd == "server.backup" and (problem := _backup_visible(result)):
+        print(f"momedoctl: {problem}", file=sys.stderr)
+        return 1
     return 0
 
 

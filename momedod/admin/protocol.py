@@ -49,6 +49,7 @@ RequestId = int | str | None
 # Command name -> the argument names it requires (and accepts).
 COMMANDS: dict[str, tuple[str, ...]] = {
     "server.info": (),
+    "server.backup": ("dir",),
     "user.add": ("name",),
     "user.list": (),
     "user.show": ("user_id",),

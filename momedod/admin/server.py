@@ -16,14 +16,17 @@ import os
 import socket
 import stat
 import struct
+import time
 import unicodedata
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
 import trio
 
+import momedod
 from momedod.admin.protocol import (
     COMMANDS,
     MAX_LINE_BYTES,
@@ -40,9 +43,11 @@ from momedod.admin.protocol import (
     parse_request,
 )
 from momedod.config import Config
+from momedod.observability import metrics
 from momedod.protocol import userid
 from momedod.protocol.errors import ErrorCode
 from momedod.store import Device, Invite, NotFound, Store, StoreError, User
+from momedod.store import backup as backups
 
 __all__ = ["ADMIN_GROUP", "AdminHandler", "ServerControl", "serve_admin"]
 
@@ -116,6 +121,7 @@ class AdminHandler:
         self.control = control
         self._commands: dict[str, _Command] = {
             "server.info": self._server_info,
+            "server.backup": self._server_backup,
             "user.add": self._user_add,
             "user.list": self._user_list,
             "user.show": self._user_show,
@@ -127,6 +133,7 @@ class AdminHandler:
             "device.revoke": self._device_revoke,
         }
         assert self._commands.keys() == COMMANDS.keys()
+        self._backup_running = False
 
     async def handle(
         self, request: dict[str, Any], *, peer_uid: int | None = None
@@ -148,6 +155,7 @@ class AdminHandler:
                     f"unknown command {request.cmd!r} (known: {', '.join(COMMANDS)})",
                 )
             _check_arg_names(request.cmd, request.args)
+            metrics.ADMIN_REQUESTS.labels(request.cmd).inc()
             result = await command(request.args, peer_uid)
         except AdminError as e:
             return Response(id=request.id, error=e)
@@ -194,6 +202,70 @@ class AdminHandler:
         info = dict(self.control.server_info())
         info.update(users=stats.users, devices=stats.devices, mailbox_entries=stats.mailbox_entries)
         return info
+
+    async def _server_backup(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
+        dest = _backup_dir_arg(args)
+        if self._backup_running:
+            raise AdminError(
+                AdminErrorCode.CONFLICT, "a backup is already running; try again when it is done"
+            )
+        self._backup_running = True
+        try:
+            return await self._backup(dest, peer)
+        finally:
+            self._backup_running = False
+
+    async def _backup(self, dest: Path, peer: int | None) -> dict[str, Any]:
+        started = time.monotonic()
+        try:
+            created_dir = await trio.to_thread.run_sync(backups.prepare_backup_dir, dest)
+        except backups.BackupRefused as e:
+            raise AdminError(AdminErrorCode.INVALID_ARGUMENT, str(e)) from None
+        except backups.BackupError as e:
+            log.error("admin.backup_failed", dir=str(dest), error=str(e))
+            raise AdminError(AdminErrorCode.INTERNAL, str(e)) from None
+        fingerprint = self.control.server_info().get("fingerprint")
+        created = datetime.fromtimestamp(self.control.now_ms() / 1000, UTC)
+        try:
+            info = await self._store.backup(dest)
+            summary = await trio.to_thread.run_sync(
+                functools.partial(
+                    backups.finish_backup,
+                    dest,
+                    self.control.config.server.state_dir,
+                    info,
+                    fingerprint=fingerprint if isinstance(fingerprint, str) else None,
+                    created=created,
+                    momedo_version=momedod.__version__,
+                )
+            )
+        except BaseException as e:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(
+                    functools.partial(backups.discard_backup, dest, remove_dir=created_dir)
+                )
+            if isinstance(e, StoreError | backups.BackupError):
+                log.error("admin.backup_failed", dir=str(dest), error=str(e))
+                raise AdminError(AdminErrorCode.INTERNAL, str(e)) from None
+            raise
+        seconds = round(time.monotonic() - started, 3)
+        _log_action(
+            "server.backup",
+            str(dest),
+            peer,
+            files=summary.files,
+            bytes=summary.bytes,
+            seconds=seconds,
+        )
+        return {
+            "dir": str(summary.dir),
+            "files": summary.files,
+            "bytes": summary.bytes,
+            "users": summary.users,
+            "devices": summary.devices,
+            "mailbox_entries": summary.mailbox_entries,
+            "seconds": seconds,
+        }
 
     async def _user_add(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
         name = _name_arg(args)
@@ -323,6 +395,18 @@ def _device_id_arg(args: dict[str, Any]) -> int:
     if not 1 <= value <= 0xFFFFFFFF:
         raise AdminError(AdminErrorCode.INVALID_ARGUMENT, f"device IDs are 1 or more, got {value}")
     return value
+
+
+def _backup_dir_arg(args: dict[str, Any]) -> Path:
+    value = args["dir"]
+    if not isinstance(value, str):
+        raise AdminError(AdminErrorCode.BAD_REQUEST, "dir must be a string")
+    if not value or "\0" in value or not os.path.isabs(value):
+        raise AdminError(
+            AdminErrorCode.INVALID_ARGUMENT,
+            f"backup directory must be an absolute path on the server's machine, got {value!r}",
+        )
+    return Path(os.path.normpath(value))
 
 
 def _name_arg(args: dict[str, Any]) -> str:

@@ -99,10 +99,17 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
             ),
         ]
     elif concrete == "journald":
-        processors += [_priority_prefix, _PrefixedLogfmt()]
+        # A traceback becomes one escaped value: journald splits entries at newlines, and
+        # only the first line would carry the priority prefix.
+        processors += [
+            structlog.processors.format_exc_info,
+            _priority_prefix,
+            _PrefixedLogfmt(),
+        ]
     elif concrete == "logfmt":
         processors += [
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
             structlog.processors.LogfmtRenderer(key_order=["timestamp", "event"]),
         ]
     else:

@@ -216,6 +216,16 @@ def store_operation(name: str) -> Histogram:
     return STORE_OPERATION.labels(name)
 
 
+class StoreMetrics:
+    """The store's observer: operation latencies and group-commit batch sizes."""
+
+    def operation(self, name: str, seconds: float) -> None:
+        store_operation(name).observe(seconds)
+
+    def batch(self, size: int) -> None:
+        STORE_BATCH.observe(size)
+
+
 def serve(address: str, port: int) -> Any:
     """Start the /metrics HTTP server on its own thread; returns the server (``.shutdown()``)."""
     server, _thread = start_http_server(port, addr=address, registry=REGISTRY)

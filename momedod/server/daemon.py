@@ -163,9 +163,9 @@ class Daemon:
             return False
         for what in ("state_dir",):
             if getattr(new.server, what) != getattr(old.server, what):
-                log.warning("reload.needs_restart", key=f"server.{what}")
+                log.warning("reload.needs_restart", setting=f"server.{what}")
         if new.admin != old.admin or new.storage != old.storage or new.metrics != old.metrics:
-            log.warning("reload.needs_restart", key="admin/storage/metrics")
+            log.warning("reload.needs_restart", setting="admin/storage/metrics")
         state_dir = old.server.state_dir
         wanted = {(lc.address, lc.port): lc for lc in new.listeners}
         ok = True
@@ -290,9 +290,9 @@ async def _store_gauges(daemon: Daemon) -> None:
                 "momedod_devices": stats.devices,
                 "momedod_mailbox_entries": stats.mailbox_entries,
             }
-            oldest = getattr(stats, "oldest_entry_ms", None)
+            oldest = stats.oldest_entry_ms
             values["momedod_mailbox_oldest_age_seconds"] = (
-                max(0.0, (daemon.now_ms() - oldest) / 1000) if oldest else 0.0
+                0.0 if oldest is None else max(0.0, (daemon.now_ms() - oldest) / 1000)
             )
             fs = os.statvfs(state_dir)
             values["momedod_state_dir_free_bytes"] = fs.f_bavail * fs.f_frsize
@@ -359,7 +359,9 @@ async def serve(
     except TLSConfigError as e:
         raise StartupError(str(e)) from e
     try:
-        store_cm = open_store(config.storage.engine, config.server.state_dir)
+        store_cm = open_store(
+            config.storage.engine, config.server.state_dir, observer=metrics.StoreMetrics()
+        )
         store = await store_cm.__aenter__()
     except StoreError as e:
         raise StartupError(str(e)) from e

@@ -236,7 +236,7 @@ class Session:
                 self._final = self.conn.send(f.Error(0, int(code), message))
             except Exception:
                 self._final = b""
-            self._log.info("connection.error", code=code.name, reason=message)
+            self._log.info("connection.error", error=code.name, reason=message)
         if self._scope is not None:
             self._scope.cancel()
 
@@ -312,6 +312,7 @@ class Session:
                     except StoreError as e:
                         if not self.authenticated:
                             raise ProtocolError(ErrorCode.SERVER_BUSY, "storage failure") from e
+                        metrics.STORE_ERRORS.inc()
                         self._log.error("store.failed", request=type(frame).__name__, error=str(e))
                         await self._error(
                             frame.request_id, ErrorCode.INTERNAL, "storage failure; retry later"
@@ -561,11 +562,11 @@ class Session:
             )
             return
         await self._send(f.Accepted(rid, frame.message_id, result.server_ts_ms, result.duplicate))
-        if result.duplicate:
+        if result.duplicate:  # stored and offered the first time already
             metrics.MESSAGES_DUPLICATE.inc()
-        else:
-            metrics.MESSAGES_ACCEPTED.inc()
-            metrics.MAILBOX_ENTRIES_ADDED.inc(len(result.deliveries))
+            return
+        metrics.MESSAGES_ACCEPTED.inc()
+        metrics.MAILBOX_ENTRIES_ADDED.inc(len(result.deliveries))
         self.ctx.presence.deliver(
             result, frame.message_id, frame.payload, [r.part for r in frame.recipients]
         )

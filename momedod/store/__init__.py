@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from momedod.store.base import (
+    BackupInfo,
     Device,
     DeviceRevoked,
     EnqueueResult,
@@ -24,6 +25,7 @@ from momedod.store.base import (
     StorageFull,
     Store,
     StoreError,
+    StoreObserver,
     StoreStats,
     UnknownRecipient,
     User,
@@ -32,6 +34,7 @@ from momedod.store.base import (
 
 __all__ = [
     "ENGINES",
+    "BackupInfo",
     "Device",
     "DeviceRevoked",
     "EnqueueResult",
@@ -46,6 +49,7 @@ __all__ = [
     "StorageFull",
     "Store",
     "StoreError",
+    "StoreObserver",
     "StoreStats",
     "UnknownRecipient",
     "User",
@@ -64,6 +68,7 @@ async def open_store(
     *,
     new_user_id: Callable[[], str] | None = None,
     new_invite_code: Callable[[], str] | None = None,
+    observer: StoreObserver | None = None,
 ) -> AsyncIterator[Store]:
     """Open the store of the state directory ``path`` (must run inside trio).
 
@@ -76,7 +81,9 @@ async def open_store(
         raise StoreError(f"unknown storage engine {engine!r} (known: {', '.join(ENGINES)})")
     from momedod.store.sqlite import SQLiteStore
 
-    store = SQLiteStore(path, new_user_id=new_user_id, new_invite_code=new_invite_code)
+    store = SQLiteStore(
+        path, new_user_id=new_user_id, new_invite_code=new_invite_code, observer=observer
+    )
     await store.open()
     try:
         yield store

@@ -11,8 +11,11 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 __all__ = [
+    "BackupInfo",
     "Device",
     "DeviceRevoked",
     "EnqueueResult",
@@ -118,6 +121,25 @@ class StoreStats:
     devices: int
     mailbox_entries: int
     payloads: int
+    oldest_entry_ms: int | None = None  # server_ts_ms of the oldest waiting entry
+
+
+@dataclass(frozen=True, slots=True)
+class BackupInfo:
+    """What :meth:`Store.backup` wrote, with counts read back from the copy itself.
+
+    ``files`` are the paths written, relative to the backup directory and ``/``-separated
+    (SQLite: just ``momedo.sqlite3``); ``bytes`` is their total size. ``users``, ``devices``
+    and ``mailbox_entries`` count as :class:`StoreStats` does.
+    """
+
+    engine: str
+    schema_version: int
+    files: tuple[str, ...]
+    bytes: int
+    users: int
+    devices: int
+    mailbox_entries: int
 
 
 def display_user(user_id: str) -> str:
@@ -181,6 +203,16 @@ class RecordStale(StoreError):
 
 class StorageFull(StoreError):
     """The storage medium is full (e.g. SQLITE_FULL); the operation was not stored."""
+
+
+class StoreObserver(Protocol):
+    """Receives timings for metrics; called from the event loop and the writer thread."""
+
+    def operation(self, name: str, seconds: float) -> None:
+        """A store call named ``name`` took ``seconds`` as its caller saw it."""
+
+    def batch(self, size: int) -> None:
+        """One write transaction committed ``size`` operations (group commit)."""
 
 
 class Store(abc.ABC):
@@ -331,3 +363,18 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def stats(self) -> StoreStats:
         """Counts for the operator's server overview."""
+
+    # -- backup --------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def backup(self, dest_dir: Path) -> BackupInfo:
+        """Write a consistent snapshot of everything in the store into ``dest_dir``.
+
+        The snapshot holds every write that had committed when the call began and none that
+        was half done: restored, it is the store as of one instant. The store keeps serving
+        reads and writes meanwhile. ``dest_dir`` must exist; the engine creates its files in
+        it (mode 0600, durably on disk when this returns) and never overwrites one. Files
+        outside the database (TLS material, blobs) and the manifest are the caller's business.
+        Raises StoreError (nothing usable is left behind). If the caller is cancelled the
+        copy is abandoned and removed, possibly shortly after the cancellation.
+        """

@@ -25,6 +25,16 @@ Reads run in trio's worker threads (``trio.to_thread.run_sync``) under a
 inside a short read transaction, so every read sees one committed snapshot (WAL lets readers
 proceed while the writer commits).
 
+Backup. ``backup()`` runs SQLite's online backup API in a worker thread, from a dedicated
+read-only connection into a new file. That connection first opens a read transaction and
+keeps it for the whole copy: the copy is then exactly that WAL snapshot, and the writer is
+never blocked (it keeps appending to the WAL; only checkpoints wait until the copy is done).
+Without the open transaction, SQLite restarts a backup whenever another connection commits,
+which under steady load means forever. The copy runs in steps of ``BACKUP_STEP_PAGES``
+pages; between steps a cancelled caller's flag stops it. The copy is switched to the
+rollback-journal mode, so it is one self-contained file, checked with ``quick_check`` and
+fsynced.
+
 Close. ``close()`` queues a stop marker behind the pending ops; the writer finishes them,
 closes its connection and exits.
 """
@@ -47,6 +57,7 @@ import trio
 
 from momedod.store import txn
 from momedod.store.base import (
+    BackupInfo,
     Device,
     EnqueueResult,
     Invite,
@@ -55,6 +66,7 @@ from momedod.store.base import (
     StorageFull,
     Store,
     StoreError,
+    StoreObserver,
     StoreStats,
     User,
 )
@@ -66,6 +78,7 @@ __all__ = ["DB_FILENAME", "SQLiteStore", "SQLiteTx"]
 DB_FILENAME = "momedo.sqlite3"
 BUSY_TIMEOUT_MS = 10_000  # only another process (e.g. a backup) can hold the write lock
 EXPIRE_BATCH = 1000  # rows per expire transaction, so sends interleave with a big purge
+BACKUP_STEP_PAGES = 1024  # pages per backup step (4 MiB at SQLite's default page size)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -144,6 +157,24 @@ def _wake(batch: list[_Op]) -> None:
         op.done.set()
 
 
+class _BackupCancelled(Exception):
+    """Raised between backup steps once the waiting caller has been cancelled."""
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_db_files(path: Path) -> None:
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        with contextlib.suppress(OSError):
+            os.unlink(f"{path}{suffix}")
+
+
 class SQLiteStore(Store):
     """The SQLite engine: database ``<state dir>/momedo.sqlite3``; see the module docstring.
 
@@ -160,8 +191,10 @@ class SQLiteStore(Store):
         new_invite_code: Callable[[], str] | None = None,
         read_threads: int = 4,
         max_batch: int = 256,
+        observer: StoreObserver | None = None,
     ) -> None:
         self.path = path
+        self._observer = observer
         self.db_path = path / DB_FILENAME
         self._new_user_id = new_user_id or _default_user_id
         self._new_invite_code = new_invite_code or _default_invite_code
@@ -315,6 +348,8 @@ class SQLiteStore(Store):
                 batch.append(op)
             self._inflight = batch
             self._run_batch(conn, tx, batch)
+            if self._observer is not None:
+                self._observer.batch(len(batch))
             self._inflight = []
             self._call_soon(_wake, batch)
             if stop:
@@ -360,10 +395,13 @@ class SQLiteStore(Store):
         self, fn: Callable[Concatenate[Tx, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         op = _Op(lambda tx: fn(tx, *args, **kwargs))
+        start = time.perf_counter()
         with self._lock:
             self._check_usable()
             self._queue.put(op)
         await op.done.wait()
+        if self._observer is not None:
+            self._observer.operation(fn.__name__, time.perf_counter() - start)
         if op.error is not None:
             raise op.error
         return cast(T, op.result)
@@ -373,7 +411,12 @@ class SQLiteStore(Store):
     ) -> T:
         self._check_usable()
         call = functools.partial(self._run_read, lambda tx: fn(tx, *args, **kwargs))
-        return await trio.to_thread.run_sync(call, limiter=self._limiter)
+        start = time.perf_counter()
+        try:
+            return await trio.to_thread.run_sync(call, limiter=self._limiter)
+        finally:
+            if self._observer is not None:
+                self._observer.operation(fn.__name__, time.perf_counter() - start)
 
     def _run_read(self, call: Callable[[Tx], T]) -> T:
         try:
@@ -523,3 +566,76 @@ class SQLiteStore(Store):
     async def stats(self) -> StoreStats:
         """See :meth:`Store.stats`."""
         return await self._read(txn.stats)
+
+    async def backup(self, dest_dir: Path) -> BackupInfo:
+        """See :meth:`Store.backup`; writes ``dest_dir/momedo.sqlite3`` (module docstring)."""
+        self._check_usable()
+        cancelled = threading.Event()
+        call = functools.partial(self._run_backup, dest_dir / DB_FILENAME, cancelled)
+        try:
+            # Abandoned on cancel so a shutdown does not wait for a long copy; the thread
+            # sees the flag at its next step and removes its partial file.
+            return await trio.to_thread.run_sync(call, abandon_on_cancel=True)
+        except BaseException:
+            cancelled.set()
+            raise
+
+    def _run_backup(self, dest: Path, cancelled: threading.Event) -> BackupInfo:
+        try:
+            os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        except OSError as exc:
+            raise StoreError(f"cannot create {dest}: {exc.strerror}") from exc
+        try:
+            return self._copy_to(dest, cancelled)
+        except sqlite3.Error as exc:
+            _remove_db_files(dest)
+            if _primary_code(exc) == _SQLITE_FULL:
+                raise StorageFull(f"backup to {dest}: storage full: {exc}") from exc
+            raise StoreError(f"backup to {dest} failed: {exc}") from exc
+        except OSError as exc:
+            _remove_db_files(dest)
+            raise StoreError(f"backup to {dest} failed: {exc.strerror or exc}") from exc
+        except BaseException:
+            _remove_db_files(dest)
+            raise
+
+    def _copy_to(self, dest: Path, cancelled: threading.Event) -> BackupInfo:
+        def step_done(status: int, remaining: int, total: int) -> None:
+            if cancelled.is_set():
+                raise _BackupCancelled
+
+        uri = self.db_path.resolve().as_uri() + "?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, isolation_level=None)) as src:
+            src.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            with contextlib.closing(sqlite3.connect(dest, isolation_level=None)) as dst:
+                # Exclusive: nobody else opens the copy, and it never gets a -shm file (the
+                # copied header says WAL until the switch below), which suits network shares.
+                dst.execute("PRAGMA locking_mode = EXCLUSIVE")
+                # The first read fixes the snapshot that every backup step then copies.
+                src.execute("BEGIN")
+                src.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                src.backup(dst, pages=BACKUP_STEP_PAGES, progress=step_done)
+                src.execute("COMMIT")
+                mode = dst.execute("PRAGMA journal_mode = DELETE").fetchone()
+                if mode is None or str(mode[0]).lower() != "delete":
+                    raise StoreError(f"{dest}: cannot switch the copy to a single file")
+                check = dst.execute("PRAGMA quick_check").fetchall()
+                if [tuple(r) for r in check] != [("ok",)]:
+                    raise StoreError(
+                        f"the copy in {dest} fails SQLite's quick_check ({check[0][0]}); "
+                        f"the live database {self.db_path} may be damaged"
+                    )
+                tx = SQLiteTx(dst)
+                version = txn.stored_schema_version(tx)
+                counts = txn.stats(tx)
+        _fsync_path(dest)
+        _fsync_path(dest.parent)
+        return BackupInfo(
+            engine="sqlite",
+            schema_version=version,
+            files=(DB_FILENAME,),
+            bytes=dest.stat().st_size,
+            users=counts.users,
+            devices=counts.devices,
+            mailbox_entries=counts.mailbox_entries,
+        )

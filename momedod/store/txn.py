@@ -547,7 +547,15 @@ def stats(tx: Tx) -> StoreStats:
         "SELECT (SELECT count(*) FROM users WHERE deleted = 0),"
         " (SELECT count(*) FROM devices WHERE revoked_ms IS NULL),"
         " (SELECT coalesce(sum(mailbox_count), 0) FROM devices),"
-        " (SELECT count(*) FROM payloads)"
+        " (SELECT count(*) FROM payloads),"
+        " (SELECT min(server_ts_ms) FROM mailbox)"
     )
     assert row is not None
-    return StoreStats(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+    oldest = None if row[4] is None else int(row[4])
+    return StoreStats(int(row[0]), int(row[1]), int(row[2]), int(row[3]), oldest)
+
+
+def stored_schema_version(tx: Tx) -> int:
+    """The schema version recorded in the database, read-only (0 if none is recorded)."""
+    row = tx.one("SELECT max(version) FROM schema_version")
+    return 0 if row is None or row[0] is None else int(row[0])
