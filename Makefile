@@ -20,7 +20,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check momedod momedo_tui tests bench
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict momedod/protocol momedod/store
+	$(BIN)/mypy --strict momedod/protocol momedod/store momedod/e2e
 	$(BIN)/mypy momedod momedo_tui
 
 pytest: $(STAMP)
