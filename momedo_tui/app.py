@@ -156,8 +156,15 @@ class MomedoTui(App[int]):
     async def _refresh_once(self) -> None:
         try:
             info = await self.client.call("server.info")
-            listing = await self.client.call("user.list")
-            users = [UserInfo.from_json(u) for u in listing["users"]]
+            users: list[UserInfo] = []
+            cursor = None
+            while True:  # user.list is paged; follow the cursor to show everyone
+                args = {"limit": 1000} if cursor is None else {"limit": 1000, "cursor": cursor}
+                listing = await self.client.call("user.list", **args)
+                users.extend(UserInfo.from_json(u) for u in listing["users"])
+                cursor = listing.get("next")
+                if not cursor:
+                    break
             self._show_server(info)
         except ConnectionProblem as e:
             self._show_problem(f"{e} — retrying every {self.refresh_interval:g} s")

@@ -1,7 +1,8 @@
 """momedoctl: manage users and devices of a running momedod over its admin socket, back it up.
 
 A plain blocking client (no event loop) so that it starts fast: connect, send one request
-line, read one reply line, print it for a person or, with ``--json``, for a program.
+line, read one reply line, print it for a person or, with ``--json``, for a program. A few
+commands send more than one request (``user list --all`` follows the list's cursors).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pwd
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -18,6 +20,7 @@ from typing import Any
 from momedod.admin.locate import add_socket_arguments, connect_error, socket_path
 from momedod.admin.protocol import (
     AdminError,
+    AuditInfo,
     DeviceInfo,
     InviteInfo,
     Request,
@@ -33,6 +36,8 @@ __all__ = ["CtlError", "main", "request"]
 
 REPLY_TIMEOUT_S = 60.0
 BACKUP_TIMEOUT_S = 3600.0  # a backup of a big database on an SD card takes a while
+AUDIT_DEFAULT_LIMIT = 50
+GROUPS_UNAVAILABLE = "groups are not available in this version"
 
 
 class CtlError(Exception):
@@ -151,14 +156,32 @@ def _show_user_add(result: dict[str, Any], args: argparse.Namespace) -> list[str
     ]
 
 
+def _filtered(args: argparse.Namespace) -> bool:
+    return bool(args.search or args.disabled or args.never_enrolled or args.inactive)
+
+
 def _show_user_list(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
     users = [UserInfo.from_json(u) for u in result["users"]]
     if not users:
+        if _filtered(args):
+            return ["No users match."]
         return ["No users yet. Create one with: momedoctl user add NAME"]
     rows = [
-        [u.user_id, u.name, str(u.devices), "disabled" if u.disabled else "active"] for u in users
+        [
+            u.user_id,
+            u.name,
+            str(u.devices),
+            _when(u.last_seen),
+            "disabled" if u.disabled else "active",
+        ]
+        for u in users
     ]
-    return _table(["ID", "NAME", "DEVICES", "STATUS"], rows, right={2})
+    lines = _table(["ID", "NAME", "DEVICES", "LAST SEEN", "STATUS"], rows, right={2})
+    if result.get("next"):
+        lines.append(
+            f"(the first {len(users)} users; all of them with --all, or narrow with --search)"
+        )
+    return lines
 
 
 def _show_user_show(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
@@ -166,8 +189,10 @@ def _show_user_show(result: dict[str, Any], args: argparse.Namespace) -> list[st
     devices = [DeviceInfo.from_json(d) for d in result["devices"]]
     lines = [
         f"User {user.user_id}: {user.name}",
-        f"  created  {_when(user.created)}",
-        f"  status   {'disabled' if user.disabled else 'active'}",
+        f"  created    {_when(user.created)}",
+        f"  status     {'disabled' if user.disabled else 'active'}",
+        f"  last seen  {_when(user.last_seen)}",
+        f"  queued     {user.mailbox}",
     ]
     if not devices:
         return [
@@ -186,6 +211,11 @@ def _show_user_state(result: dict[str, Any], args: argparse.Namespace) -> list[s
             "disconnected and cannot sign in until it is enabled again."
         ]
     return [f"User {user.user_id} ({user.name}) is enabled."]
+
+
+def _show_user_rename(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    user = UserInfo.from_json(result["user"])
+    return [f"User {user.user_id} renamed: {result.get('old_name', '?')} -> {user.name}."]
 
 
 def _show_user_delete(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
@@ -246,6 +276,103 @@ def _show_server_info(result: dict[str, Any], args: argparse.Namespace) -> list[
     return lines
 
 
+def _rate(value: Any) -> str:
+    return f"{float(value):.1f}/s"
+
+
+def _show_server_stats(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    oldest = result.get("mailbox_oldest_age_s")
+    backlog = _count(result["mailbox_entries"], "message")
+    if oldest is not None:
+        backlog += f", oldest {_uptime(float(oldest))}"
+    window = float(result.get("rate_window_s") or 0)
+    over = f" (last {window:.0f} s)" if window else ""
+    pairs = [
+        ("Uptime", _uptime(result["uptime_s"])),
+        ("Connections", result["connections"]),
+        ("Online devices", result["online_devices"]),
+        ("Accepted", _rate(result["messages_accepted_per_s"]) + over),
+        ("Delivered", _rate(result["messages_delivered_per_s"]) + over),
+        ("Mailbox backlog", backlog),
+        ("Store size", _size(int(result["store_bytes"]))),
+        ("Users", result["users"]),
+        ("Devices", result["devices"]),
+    ]
+    lines = [f"{label + ':':<17}{value}" for label, value in pairs]
+    lines.append("Listeners:")
+    for ls in result.get("listeners", []):
+        lines.append(
+            f"  {_host_port(ls['address'], ls['port'])}  "
+            f"{ls['connections']} of {ls['max_connections']} connections"
+        )
+    return lines
+
+
+def _caller(uid: int | None) -> str:
+    if uid is None:
+        return "?"
+    try:
+        return f"{uid} ({pwd.getpwuid(uid).pw_name})"
+    except (KeyError, OverflowError):
+        return str(uid)
+
+
+def _show_audit(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    entries = [AuditInfo.from_json(e) for e in result["entries"]]
+    if not entries:
+        return ["No audit entries match."]
+    rows = [
+        [
+            parse_time(e.time).strftime("%Y-%m-%d %H:%M:%S"),
+            _caller(e.uid),
+            e.action,
+            e.target,
+        ]
+        for e in reversed(entries)  # oldest first, the newest at the bottom
+    ]
+    lines = _table(["TIME (UTC)", "UID", "ACTION", "TARGET"], rows, right=set())
+    if result.get("next") is not None:
+        lines.append(f"(the newest {len(entries)} entries; more with --limit)")
+    return lines
+
+
+def _show_invites_export(result: dict[str, Any], args: argparse.Namespace) -> list[str] | None:
+    from momedod.admin import letters
+
+    invites = result["invites"]
+    if args.format == "csv":
+        document = letters.invites_csv(invites)
+    else:
+        document = letters.invites_html(invites)
+    if args.output is None:
+        sys.stdout.write(document)
+        sys.stdout.flush()
+    else:
+        _write_private(Path(args.output), document)
+    who = (
+        "users without an active device"
+        if result.get("scope") == "never_enrolled"
+        else "all enabled users"
+    )
+    print(
+        f"momedoctl: {_count(len(invites), 'new invite')} for {who}"
+        + (f" written to {args.output}" if args.output is not None else "")
+        + "; older unused invites of these users no longer work.",
+        file=sys.stderr,
+    )
+    return None
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, readable only by its owner: invite links are secrets."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+    except OSError as e:
+        raise CtlError(f"cannot write {path}: {e.strerror or e}") from None
+
+
 def _size(n: int) -> str:
     if n < 1024:
         return f"{n} bytes"
@@ -289,7 +416,7 @@ def _backup_visible(result: dict[str, Any]) -> str | None:
 
 # --- command line ----------------------------------------------------------------------------
 
-_Show = Callable[[dict[str, Any], argparse.Namespace], list[str]]
+_Show = Callable[[dict[str, Any], argparse.Namespace], "list[str] | None"]
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -317,7 +444,26 @@ def _build_parser() -> argparse.ArgumentParser:
         users, "add", "user.add", _show_user_add, "create a user and print its invite link"
     )
     add.add_argument("name", nargs="+", help="the person's name (quotes optional)")
-    command(users, "list", "user.list", _show_user_list, "list all users")
+    listing = command(
+        users, "list", "user.list", _show_user_list, "list users (the first 100 unless --all)"
+    )
+    listing.add_argument("--search", metavar="TEXT", help="part of the name or of the user ID")
+    listing.add_argument("--disabled", action="store_true", help="only disabled users")
+    listing.add_argument(
+        "--never-enrolled",
+        action="store_true",
+        help="only users without an active device (invite not redeemed, or devices revoked)",
+    )
+    listing.add_argument(
+        "--inactive",
+        type=_positive_int,
+        metavar="DAYS",
+        help="only users none of whose devices signed in for DAYS days",
+    )
+    listing.add_argument("--all", action="store_true", help="every matching user, not 100")
+    rename = command(users, "rename", "user.rename", _show_user_rename, "give a user a new name")
+    rename.add_argument("user_id", metavar="ID", help="user ID, e.g. M8N2-2HTR")
+    rename.add_argument("name", nargs="+", help="the new name (quotes optional)")
     for name, show, text in [
         ("show", _show_user_show, "show a user and its devices"),
         ("disable", _show_user_state, "disable a user and disconnect its devices at once"),
@@ -365,14 +511,90 @@ def _build_parser() -> argparse.ArgumentParser:
         _show_server_info,
         "show version, listeners, certificate fingerprint and counts",
     )
+    command(
+        servers,
+        "stats",
+        "server.stats",
+        _show_server_stats,
+        "show connections, messages per second, mailbox backlog and store size",
+    )
+
+    audit = command(
+        groups, "audit", "audit.list", _show_audit, "show the newest entries of the audit log"
+    )
+    audit.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=AUDIT_DEFAULT_LIMIT,
+        metavar="N",
+        help=f"how many entries (default {AUDIT_DEFAULT_LIMIT}, at most 1000)",
+    )
+    audit.add_argument("--user", metavar="ID", help="only changes to this user")
+    audit.add_argument(
+        "--action", metavar="ACTION", help="only this action, e.g. user.disable (or user.)"
+    )
+
+    invites = groups.add_parser("invites", help="invite letters for many users at once")
+    invite_actions = invites.add_subparsers(dest="action", required=True, metavar="ACTION")
+    export = command(
+        invite_actions,
+        "export",
+        "invite.bulk",
+        _show_invites_export,
+        "make a NEW invite for every user without an active device (or with --all: every "
+        "enabled user) and write them as CSV or as printable HTML letters",
+    )
+    export.add_argument("--format", choices=("csv", "html"), default="csv", help="default: csv")
+    export.add_argument(
+        "--all", action="store_true", help="every enabled user, also those with a device"
+    )
+    export.add_argument("--group", metavar="G", help="only the members of group G (not yet)")
+    export.add_argument(
+        "-o", "--output", metavar="FILE", help="write to FILE (mode 0600) instead of stdout"
+    )
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
+    return value
 
 
 def _request_args(ns: argparse.Namespace) -> dict[str, Any]:
     if ns.cmd == "user.add":
         return {"name": " ".join(ns.name)}
+    if ns.cmd == "user.rename":
+        return {"user_id": ns.user_id, "name": " ".join(ns.name)}
     if ns.cmd == "server.backup":
         return {"dir": os.path.abspath(ns.dir)}
+    if ns.cmd == "user.list":
+        filters: dict[str, Any] = {}
+        if ns.disabled:
+            filters["disabled"] = True
+        if ns.never_enrolled:
+            filters["never_enrolled"] = True
+        if ns.inactive:
+            filters["inactive_days"] = ns.inactive
+        listing: dict[str, Any] = {"limit": 1000 if ns.all else 100}
+        if ns.search:
+            listing["search"] = ns.search
+        if filters:
+            listing["filter"] = filters
+        return listing
+    if ns.cmd == "audit.list":
+        audit: dict[str, Any] = {"limit": min(ns.limit, 1000)}
+        if ns.user:
+            audit["user_id"] = ns.user
+        if ns.action:
+            audit["action"] = ns.action
+        return audit
+    if ns.cmd == "invite.bulk":
+        return {"scope": "all" if ns.all else "never_enrolled"}
     args: dict[str, Any] = {}
     if hasattr(ns, "user_id"):
         args["user_id"] = ns.user_id
@@ -381,24 +603,52 @@ def _request_args(ns: argparse.Namespace) -> dict[str, Any]:
     return args
 
 
+def _run(ns: argparse.Namespace) -> dict[str, Any]:
+    """Send the command's request(s) and return the (combined) result."""
+    if ns.cmd == "invite.bulk" and ns.group is not None:
+        raise CtlError(GROUPS_UNAVAILABLE)
+    path = socket_path(ns)
+    timeout = BACKUP_TIMEOUT_S if ns.cmd == "server.backup" else REPLY_TIMEOUT_S
+    args = _request_args(ns)
+    result = request(path, ns.cmd, args, timeout=timeout)
+    if ns.cmd == "user.list" and ns.all:
+        users = list(result["users"])
+        while result.get("next"):
+            result = request(path, ns.cmd, {**args, "cursor": result["next"]}, timeout=timeout)
+            users.extend(result["users"])
+        result = {"users": users, "next": None}
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``momedoctl``; returns the exit code (argparse exits 2 on usage errors)."""
     ns = _build_parser().parse_args(argv)
-    timeout = BACKUP_TIMEOUT_S if ns.cmd == "server.backup" else REPLY_TIMEOUT_S
     try:
-        result = request(socket_path(ns), ns.cmd, _request_args(ns), timeout=timeout)
+        result = _run(ns)
     except (ConfigError, CtlError, AdminError) as e:
         print(f"momedoctl: {e}", file=sys.stderr)
         return 1
     if ns.json:
-        print(json.dumps(result, indent=2, ensure_ascii=False))
+        text = json.dumps(result, indent=2, ensure_ascii=False)
+        if ns.cmd == "invite.bulk" and ns.output is not None:
+            try:
+                _write_private(Path(ns.output), text + "\n")
+            except CtlError as e:
+                print(f"momedoctl: {e}", file=sys.stderr)
+                return 1
+        else:
+            print(text)
     else:
         try:
             lines = ns.show(result, ns)
+        except CtlError as e:
+            print(f"momedoctl: {e}", file=sys.stderr)
+            return 1
         except (AdminError, KeyError, TypeError, ValueError) as e:
             print(f"momedoctl: unexpected reply from momedod ({e}); try --json", file=sys.stderr)
             return 1
-        print("\n".join(lines))
+        if lines is not None:
+            print("\n".join(lines))
     if ns.cmd == "server.backup" and (problem := _backup_visible(result)):
         print(f"momedoctl: {problem}", file=sys.stderr)
         return 1

@@ -11,6 +11,35 @@ Lines are UTF-8 and at most ``MAX_LINE_BYTES`` long. ``id`` is chosen by the cli
 integer, a string or null) and echoed; a line that is not JSON is answered with id null.
 This module holds only the message shapes, so the daemon, ``momedoctl`` and ``momedo-tui``
 (asyncio) share it; it imports no event loop, no sockets and nothing else of momedod.
+
+Arguments: :data:`COMMANDS` names the arguments each command requires, :data:`OPTIONAL_ARGS`
+those it also accepts; any other argument is a ``bad_request``.
+
+Lists are paged. ``user.list`` takes ``limit`` (1-1000, default 100) and ``cursor`` and
+answers ``{"users": [U, ...], "next": cursor-or-null}``; pass ``next`` back as ``cursor`` to
+get the following page (a cursor is an opaque string and stays valid while users are added
+or deleted). ``audit.list`` answers ``{"entries": [A, ...], "next": id-or-null}``, newest
+first; pass ``next`` back as ``before``.
+
+The subscribe stream
+--------------------
+``{"id": 1, "cmd": "subscribe", "args": {"interval": 1.0}}`` (interval in seconds, 0.5 to
+60, default 1) is answered like any request, ``{"id": 1, "ok": true, "result":
+{"subscribed": true, "interval": 1.0}}``, and from then on the connection carries only event
+lines, one JSON object each, until the client closes it (the server reads and ignores
+anything else the client sends)::
+
+    {"event": "stats", "data": S}   # at once, then every interval; S = server.stats result
+    {"event": "audit", "data": A}   # each new audit entry, as in audit.list, oldest first
+    {"event": "log",   "data": L}   # each warning or error the daemon logs
+
+``L`` is ``{"level": "warning"|"error", "event": "reload.failed", "time":
+"2026-12-01T10:00:00Z", "fields": {...}}``: the log event's other
+key/value pairs, after the same redaction as the log itself (values that are not JSON
+become strings). Event lines never have an ``"id"``, replies always do: a client tells them
+apart by the ``"event"`` key (:func:`decode_line`). Only entries made after the subscription
+are sent; fetch history with ``audit.list``. If the client reads too slowly the server
+closes the connection; log entries it could not send in time may be skipped.
 """
 
 from __future__ import annotations
@@ -22,18 +51,27 @@ from enum import StrEnum
 from typing import Any
 
 __all__ = [
+    "AUDIT_LIST_LIMIT",
     "COMMANDS",
+    "EVENT_KINDS",
+    "INVITE_SCOPES",
     "MAX_LINE_BYTES",
+    "OPTIONAL_ARGS",
+    "USER_LIST_LIMIT",
     "AdminError",
     "AdminErrorCode",
+    "AuditInfo",
     "DeviceInfo",
+    "Event",
     "InviteInfo",
     "Request",
     "RequestId",
     "Response",
     "UserInfo",
+    "decode_line",
     "decode_request",
     "decode_response",
+    "encode_event",
     "encode_request",
     "encode_response",
     "format_time",
@@ -46,20 +84,39 @@ MAX_LINE_BYTES = 1024 * 1024
 
 RequestId = int | str | None
 
-# Command name -> the argument names it requires (and accepts).
+# Command name -> the argument names it requires.
 COMMANDS: dict[str, tuple[str, ...]] = {
     "server.info": (),
+    "server.stats": (),
     "server.backup": ("dir",),
     "user.add": ("name",),
     "user.list": (),
     "user.show": ("user_id",),
+    "user.rename": ("user_id", "name"),
     "user.disable": ("user_id",),
     "user.enable": ("user_id",),
     "user.delete": ("user_id",),
     "user.invite": ("user_id",),
+    "invite.bulk": ("scope",),
     "device.list": ("user_id",),
     "device.revoke": ("user_id", "device_id"),
+    "audit.list": (),
+    "subscribe": (),
 }
+
+# Command name -> the arguments it accepts besides the required ones.
+OPTIONAL_ARGS: dict[str, tuple[str, ...]] = {
+    "user.list": ("limit", "cursor", "search", "filter"),
+    "audit.list": ("limit", "before", "user_id", "action"),
+    "subscribe": ("interval",),
+}
+
+USER_LIST_LIMIT = (100, 1000)
+"""``user.list``: (default, maximum) users per page."""
+AUDIT_LIST_LIMIT = (100, 1000)
+"""``audit.list``: (default, maximum) entries per page."""
+INVITE_SCOPES = ("never_enrolled", "all")
+"""``invite.bulk`` scopes: users without an active device, or every enabled user."""
 
 
 class AdminErrorCode(StrEnum):
@@ -226,15 +283,28 @@ def _field(obj: Any, name: str, kind: type | tuple[type, ...]) -> Any:
     return value
 
 
+def _optional(obj: Any, name: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    """A field that older servers do not send."""
+    if isinstance(obj, dict) and name not in obj:
+        return default
+    return _field(obj, name, kind)
+
+
 @dataclass(frozen=True)
 class UserInfo:
-    """A user as the admin protocol shows it (``devices`` counts active devices)."""
+    """A user as the admin protocol shows it.
+
+    ``devices`` counts active devices; ``last_seen`` is the latest sign-in of any of the
+    user's devices (None: never), ``mailbox`` the messages waiting for them.
+    """
 
     user_id: str  # display form, XXXX-XXXX
     name: str
     created: str
     disabled: bool
     devices: int
+    last_seen: str | None = None
+    mailbox: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object ``U``."""
@@ -244,6 +314,8 @@ class UserInfo:
             "created": self.created,
             "disabled": self.disabled,
             "devices": self.devices,
+            "last_seen": self.last_seen,
+            "mailbox": self.mailbox,
         }
 
     @classmethod
@@ -255,6 +327,8 @@ class UserInfo:
             created=_field(obj, "created", str),
             disabled=_field(obj, "disabled", bool),
             devices=_field(obj, "devices", int),
+            last_seen=_optional(obj, "last_seen", (str, type(None)), None),
+            mailbox=_optional(obj, "mailbox", int, 0),
         )
 
 
@@ -313,3 +387,86 @@ class InviteInfo:
             link=_field(obj, "link", str),
             expires=_field(obj, "expires", str),
         )
+
+
+@dataclass(frozen=True)
+class AuditInfo:
+    """An audit-log entry ``A``: who (Unix ``uid``, None if unknown) did what, when, to whom.
+
+    ``target`` is what the change was about in operator form (``Q7AW-GNX9``,
+    ``Q7AW-GNX9/1``, a backup directory); ``user_id`` the user it concerns, if any.
+    ``detail`` holds extra facts (e.g. ``name`` for user.add, ``old_name`` and ``name`` for
+    user.rename), never invite codes or keys.
+    """
+
+    id: int
+    time: str
+    uid: int | None
+    action: str
+    target: str
+    user_id: str | None
+    detail: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object ``A``."""
+        return {
+            "id": self.id,
+            "time": self.time,
+            "uid": self.uid,
+            "action": self.action,
+            "target": self.target,
+            "user_id": self.user_id,
+            "detail": self.detail,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any) -> AuditInfo:
+        """Parse ``A`` from a reply or an audit event."""
+        return cls(
+            id=_field(obj, "id", int),
+            time=_field(obj, "time", str),
+            uid=_field(obj, "uid", (int, type(None))),
+            action=_field(obj, "action", str),
+            target=_field(obj, "target", str),
+            user_id=_field(obj, "user_id", (str, type(None))),
+            detail=_field(obj, "detail", dict),
+        )
+
+
+EVENT_KINDS = ("stats", "audit", "log")
+"""The ``event`` values of a subscribe stream."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One line of a subscribe stream: ``{"event": kind, "data": {...}}``."""
+
+    kind: str
+    data: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """The event object as it goes on the wire."""
+        return {"event": self.kind, "data": self.data}
+
+
+def encode_event(event: Event) -> bytes:
+    """One event line, newline-terminated."""
+    return _line(event.to_json())
+
+
+def decode_line(line: bytes) -> Response | Event:
+    """Parse a line read from the admin socket: a reply, or (after subscribe) an event.
+
+    Event kinds other than those in :data:`EVENT_KINDS` may appear in later versions; a client
+    should skip events it does not know. A malformed line raises AdminError(internal).
+    """
+    try:
+        obj = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise AdminError(AdminErrorCode.INTERNAL, "malformed line from momedod: not JSON") from None
+    if isinstance(obj, dict) and "event" in obj and "id" not in obj:
+        kind, data = obj.get("event"), obj.get("data")
+        if isinstance(kind, str) and isinstance(data, dict):
+            return Event(kind, data)
+        raise AdminError(AdminErrorCode.INTERNAL, "malformed event from momedod")
+    return decode_response(line)

@@ -3,7 +3,13 @@
 ``AdminHandler`` turns one request into one reply using the daemon's ``ServerControl`` (store,
 config, live sessions); ``serve_admin`` runs the socket, one task per client connection,
 requests on a connection answered in order. Every change is logged as ``admin.action`` with
-the caller's uid from SO_PEERCRED; invite codes and user names are never logged.
+the caller's uid from SO_PEERCRED; invite codes and user names are never logged. Every change
+is also written to the store's audit log, in the same transaction as the change itself.
+
+A ``subscribe`` request turns its connection into an event stream (see
+:mod:`momedod.admin.protocol`): :meth:`AdminHandler.stream_events` sends statistics every
+interval and new audit entries and logged warnings/errors as they come (polled every
+``STREAM_POLL_S``), until the client closes the connection.
 """
 
 from __future__ import annotations
@@ -27,17 +33,25 @@ import structlog
 import trio
 
 import momedod
+from momedod.admin.events import LOG_RING, install_log_hook
 from momedod.admin.protocol import (
+    AUDIT_LIST_LIMIT,
     COMMANDS,
+    INVITE_SCOPES,
     MAX_LINE_BYTES,
+    OPTIONAL_ARGS,
+    USER_LIST_LIMIT,
     AdminError,
     AdminErrorCode,
+    AuditInfo,
     DeviceInfo,
+    Event,
     InviteInfo,
     Request,
     Response,
     UserInfo,
     decode_request,
+    encode_event,
     encode_response,
     format_time,
     parse_request,
@@ -46,7 +60,19 @@ from momedod.config import Config
 from momedod.observability import metrics
 from momedod.protocol import userid
 from momedod.protocol.errors import ErrorCode
-from momedod.store import Device, Invite, NotFound, Store, StoreError, User
+from momedod.store import (
+    AuditEntry,
+    AuditNote,
+    Device,
+    InvalidCursor,
+    Invite,
+    NotFound,
+    Store,
+    StoreError,
+    User,
+    UserQuery,
+    UserSummary,
+)
 from momedod.store import backup as backups
 
 __all__ = ["ADMIN_GROUP", "AdminHandler", "ServerControl", "serve_admin"]
@@ -58,6 +84,12 @@ MAX_NAME_CHARS = 100
 # Control characters, line/paragraph separators and lone surrogates have no place in a name.
 _BAD_NAME_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
 _RECEIVE_BYTES = 65536
+MAX_SEARCH_CHARS = 200
+MAX_INACTIVE_DAYS = 36_500
+SUBSCRIBE_INTERVAL = (1.0, 0.5, 60.0)  # default, minimum, maximum seconds
+STREAM_POLL_S = 0.1  # how often a subscription looks for new audit and log entries
+STREAM_WRITE_TIMEOUT_S = 30.0  # a subscriber that reads nothing this long is dropped
+_AUDIT_BATCH = 500
 
 
 class ServerControl(Protocol):
@@ -69,6 +101,8 @@ class ServerControl(Protocol):
     def invite_link(self, code: str) -> str: ...
 
     def server_info(self) -> dict[str, Any]: ...  # the non-store parts of server.info
+
+    def server_stats(self) -> dict[str, Any]: ...  # the non-store parts of server.stats
 
     def disconnect_user(self, user_id: str, code: ErrorCode) -> int: ...
 
@@ -105,12 +139,47 @@ def _device_json(device: Device) -> dict[str, Any]:
 
 
 def _user_json(user: User, devices: list[Device]) -> dict[str, Any]:
+    seen = [d.last_seen_ms for d in devices if d.last_seen_ms is not None]
     return UserInfo(
         user_id=userid.display(user.user_id),
         name=user.name,
         created=format_time(user.created_ms),
         disabled=user.disabled,
         devices=sum(1 for d in devices if d.active),
+        last_seen=format_time(max(seen)) if seen else None,
+        mailbox=sum(d.mailbox_count for d in devices),
+    ).to_json()
+
+
+def _summary_json(summary: UserSummary) -> dict[str, Any]:
+    user = summary.user
+    return UserInfo(
+        user_id=userid.display(user.user_id),
+        name=user.name,
+        created=format_time(user.created_ms),
+        disabled=user.disabled,
+        devices=summary.active_devices,
+        last_seen=None if summary.last_seen_ms is None else format_time(summary.last_seen_ms),
+        mailbox=summary.mailbox,
+    ).to_json()
+
+
+def audit_json(entry: AuditEntry) -> dict[str, Any]:
+    """The audit entry ``A`` of audit.list and of audit events."""
+    shown = None
+    if entry.user_id is not None:
+        try:
+            shown = userid.display(entry.user_id)
+        except userid.InvalidUserId:
+            shown = entry.user_id
+    return AuditInfo(
+        id=entry.id,
+        time=format_time(entry.ts_ms),
+        uid=entry.uid,
+        action=entry.action,
+        target=entry.target,
+        user_id=shown,
+        detail=dict(entry.detail),
     ).to_json()
 
 
@@ -121,19 +190,26 @@ class AdminHandler:
         self.control = control
         self._commands: dict[str, _Command] = {
             "server.info": self._server_info,
+            "server.stats": self._server_stats,
             "server.backup": self._server_backup,
             "user.add": self._user_add,
             "user.list": self._user_list,
             "user.show": self._user_show,
+            "user.rename": self._user_rename,
             "user.disable": self._user_disable,
             "user.enable": self._user_enable,
             "user.delete": self._user_delete,
             "user.invite": self._user_invite,
+            "invite.bulk": self._invite_bulk,
             "device.list": self._device_list,
             "device.revoke": self._device_revoke,
+            "audit.list": self._audit_list,
+            "subscribe": self._subscribe,
         }
         assert self._commands.keys() == COMMANDS.keys()
         self._backup_running = False
+        # Bumped after every audited change, so subscriptions know when to look.
+        self.audit_version = 0
 
     async def handle(
         self, request: dict[str, Any], *, peer_uid: int | None = None
@@ -184,6 +260,12 @@ class AdminHandler:
             expires=format_time(invite.expires_ms),
         ).to_json()
 
+    def _note(self, action: str, peer: int | None, **detail: Any) -> AuditNote:
+        return AuditNote(ts_ms=self.control.now_ms(), uid=peer, action=action, detail=detail)
+
+    def _changed(self) -> None:
+        self.audit_version += 1
+
     async def _user_summary(self, user: User) -> dict[str, Any]:
         with _user_must_exist(user.user_id):
             devices = await self._store.list_devices(user.user_id)
@@ -202,6 +284,26 @@ class AdminHandler:
         info = dict(self.control.server_info())
         info.update(users=stats.users, devices=stats.devices, mailbox_entries=stats.mailbox_entries)
         return info
+
+    async def stats(self) -> dict[str, Any]:
+        """The ``server.stats`` result (also the data of subscribe's stats events)."""
+        stats = await self._store.stats()
+        size = await self._store.disk_usage()
+        now = self.control.now_ms()
+        result = dict(self.control.server_stats())
+        oldest = stats.oldest_entry_ms
+        result.update(
+            time=format_time(now),
+            users=stats.users,
+            devices=stats.devices,
+            mailbox_entries=stats.mailbox_entries,
+            mailbox_oldest_age_s=None if oldest is None else round(max(0, now - oldest) / 1000, 1),
+            store_bytes=size,
+        )
+        return result
+
+    async def _server_stats(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
+        return await self.stats()
 
     async def _server_backup(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
         dest = _backup_dir_arg(args)
@@ -257,6 +359,19 @@ class AdminHandler:
             bytes=summary.bytes,
             seconds=seconds,
         )
+        note = AuditNote(
+            ts_ms=self.control.now_ms(),
+            uid=peer,
+            action="server.backup",
+            target=str(dest),
+            detail={"files": summary.files, "bytes": summary.bytes, "seconds": seconds},
+        )
+        try:
+            await self._store.add_audit(note)
+        except StoreError as e:  # the backup itself is fine: say so, but log the gap
+            log.error("admin.audit_failed", action="server.backup", error=str(e))
+        else:
+            self._changed()
         return {
             "dir": str(summary.dir),
             "files": summary.files,
@@ -270,14 +385,29 @@ class AdminHandler:
     async def _user_add(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
         name = _name_arg(args)
         user, invite = await self._store.create_user(
-            name, self.control.now_ms(), self._invite_ttl_ms()
+            name,
+            self.control.now_ms(),
+            self._invite_ttl_ms(),
+            audit=self._note("user.add", peer, name=name),
         )
+        self._changed()
         _log_action("user.add", userid.display(user.user_id), peer)
         return {"user": _user_json(user, []), "invite": self._invite_json(invite)}
 
     async def _user_list(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
-        users = await self._store.list_users()
-        return {"users": [await self._user_summary(u) for u in users]}
+        limit = _int_arg(args, "limit", *USER_LIST_LIMIT)
+        cursor = args.get("cursor")
+        if cursor is not None and not isinstance(cursor, str):
+            raise AdminError(AdminErrorCode.BAD_REQUEST, "cursor must be a string or null")
+        query = _user_query(args, self.control.now_ms())
+        try:
+            page = await self._store.find_users(query, after=cursor, limit=limit)
+        except InvalidCursor:
+            raise AdminError(
+                AdminErrorCode.INVALID_ARGUMENT,
+                "cursor is not one that user.list handed out; start again without a cursor",
+            ) from None
+        return {"users": [_summary_json(u) for u in page.users], "next": page.next}
 
     async def _user_show(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
         user = await self._get_user(_user_id_arg(args))
@@ -285,13 +415,26 @@ class AdminHandler:
             devices = await self._store.list_devices(user.user_id)
         return {"user": _user_json(user, devices), "devices": [_device_json(d) for d in devices]}
 
+    async def _user_rename(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
+        uid = _user_id_arg(args)
+        name = _name_arg(args)
+        before = await self._get_user(uid)
+        with _user_must_exist(uid):
+            user = await self._store.rename_user(uid, name, audit=self._note("user.rename", peer))
+        self._changed()
+        _log_action("user.rename", userid.display(uid), peer)
+        return {"user": await self._user_summary(user), "old_name": before.name}
+
     async def _set_disabled(
         self, args: dict[str, Any], peer: int | None, disabled: bool
     ) -> dict[str, Any]:
         uid = _user_id_arg(args)
-        with _user_must_exist(uid):
-            user = await self._store.set_user_disabled(uid, disabled)
         action = "user.disable" if disabled else "user.enable"
+        with _user_must_exist(uid):
+            user = await self._store.set_user_disabled(
+                uid, disabled, audit=self._note(action, peer)
+            )
+        self._changed()
         if disabled:
             # Disable first, then disconnect: a reconnecting device is refused.
             closed = self.control.disconnect_user(uid, ErrorCode.USER_DISABLED)
@@ -309,7 +452,10 @@ class AdminHandler:
     async def _user_delete(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
         uid = _user_id_arg(args)
         with _user_must_exist(uid):
-            await self._store.delete_user(uid, self.control.now_ms())
+            await self._store.delete_user(
+                uid, self.control.now_ms(), audit=self._note("user.delete", peer)
+            )
+        self._changed()
         closed = self.control.disconnect_user(uid, ErrorCode.USER_DISABLED)
         _log_action("user.delete", userid.display(uid), peer, sessions_closed=closed)
         return {}
@@ -322,12 +468,40 @@ class AdminHandler:
                 AdminErrorCode.CONFLICT,
                 f"user {shown} is disabled; enable it first (momedoctl user enable {shown})",
             )
+        now, ttl = self.control.now_ms(), self._invite_ttl_ms()
+        note = self._note("user.invite", peer, expires=format_time(now + ttl))
         with _user_must_exist(user.user_id):
-            invite = await self._store.new_invite(
-                user.user_id, self.control.now_ms(), self._invite_ttl_ms()
-            )
+            invite = await self._store.new_invite(user.user_id, now, ttl, audit=note)
+        self._changed()
         _log_action("user.invite", shown, peer)
         return {"invite": self._invite_json(invite)}
+
+    async def _invite_bulk(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
+        scope = args["scope"]
+        if not isinstance(scope, str):
+            raise AdminError(AdminErrorCode.BAD_REQUEST, "scope must be a string")
+        if scope not in INVITE_SCOPES:
+            raise AdminError(
+                AdminErrorCode.INVALID_ARGUMENT,
+                f"scope must be one of {', '.join(INVITE_SCOPES)}, got {scope!r}",
+            )
+        now, ttl = self.control.now_ms(), self._invite_ttl_ms()
+        note = self._note("user.invite", peer, bulk=scope, expires=format_time(now + ttl))
+        pairs = await self._store.bulk_invites(scope == "never_enrolled", now, ttl, audit=note)
+        if pairs:
+            self._changed()
+        _log_action("invite.bulk", scope, peer, invites=len(pairs))
+        return {
+            "scope": scope,
+            "invites": [
+                {
+                    "user_id": userid.display(user.user_id),
+                    "name": user.name,
+                    "invite": self._invite_json(invite),
+                }
+                for user, invite in pairs
+            ],
+        }
 
     async def _device_list(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
         uid = _user_id_arg(args)
@@ -350,14 +524,85 @@ class AdminHandler:
                 f"{format_time(device.revoked_ms)[:16].replace('T', ' ')} UTC",
             )
         try:
-            device = await self._store.revoke_device(uid, device_id, self.control.now_ms())
+            device = await self._store.revoke_device(
+                uid, device_id, self.control.now_ms(), audit=self._note("device.revoke", peer)
+            )
         except NotFound:
             raise AdminError(
                 AdminErrorCode.NOT_FOUND, f"no device {device_id} of user {shown}"
             ) from None
+        self._changed()
         closed = self.control.disconnect_device(uid, device_id, ErrorCode.DEVICE_REVOKED)
         _log_action("device.revoke", f"{shown}/{device_id}", peer, sessions_closed=closed)
         return {"device": _device_json(device)}
+
+    async def _audit_list(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
+        limit = _int_arg(args, "limit", *AUDIT_LIST_LIMIT)
+        before = args.get("before")
+        if before is not None and (type(before) is not int or before < 1):
+            raise AdminError(
+                AdminErrorCode.BAD_REQUEST, "before must be a positive integer (an entry id)"
+            )
+        uid = _user_id_arg(args) if args.get("user_id") is not None else None
+        action = args.get("action")
+        if action is not None and (not isinstance(action, str) or not 0 < len(action) <= 100):
+            raise AdminError(AdminErrorCode.BAD_REQUEST, "action must be a non-empty string")
+        entries = await self._store.list_audit(
+            before_id=before, limit=limit + 1, user_id=uid, action=action
+        )
+        more = len(entries) > limit
+        entries = entries[:limit]
+        return {
+            "entries": [audit_json(e) for e in entries],
+            "next": entries[-1].id if more and entries else None,
+        }
+
+    async def _subscribe(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
+        default, low, high = SUBSCRIBE_INTERVAL
+        interval = args.get("interval", default)
+        if isinstance(interval, bool) or not isinstance(interval, int | float):
+            raise AdminError(AdminErrorCode.BAD_REQUEST, "interval must be a number of seconds")
+        if not low <= interval <= high:
+            raise AdminError(
+                AdminErrorCode.INVALID_ARGUMENT,
+                f"interval must be {low:g} to {high:g} seconds, got {interval}",
+            )
+        return {"subscribed": True, "interval": float(interval)}
+
+    async def stream_events(
+        self, send: Callable[[bytes], Awaitable[None]], interval: float
+    ) -> None:
+        """Run one subscription until cancelled: stats every ``interval``, audit and log
+        entries made after the start as they appear. ``send`` writes one line."""
+        newest = await self._store.list_audit(limit=1)
+        last_audit = newest[0].id if newest else 0
+        seen_version = self.audit_version
+        log_seq = LOG_RING.seq
+        next_stats = trio.current_time()
+        while True:
+            now = trio.current_time()
+            stats_due = now >= next_stats
+            if stats_due:
+                next_stats = max(next_stats + interval, now + interval / 2)
+                try:
+                    data = await self.stats()
+                except StoreError as e:
+                    log.warning("admin.stats_failed", error=str(e))
+                else:
+                    await send(encode_event(Event("stats", data)))
+            if stats_due or self.audit_version != seen_version:
+                seen_version = self.audit_version
+                while True:
+                    entries = await self._store.list_audit(after_id=last_audit, limit=_AUDIT_BATCH)
+                    for entry in entries:
+                        await send(encode_event(Event("audit", audit_json(entry))))
+                        last_audit = entry.id
+                    if len(entries) < _AUDIT_BATCH:
+                        break
+            for seq, record in LOG_RING.since(log_seq):
+                await send(encode_event(Event("log", record)))
+                log_seq = seq
+            await trio.sleep(max(0.0, min(STREAM_POLL_S, next_stats - trio.current_time())))
 
 
 def _log_action(action: str, target: str, peer: int | None, **extra: Any) -> None:
@@ -371,7 +616,7 @@ def _check_arg_names(cmd: str, args: dict[str, Any]) -> None:
         raise AdminError(
             AdminErrorCode.BAD_REQUEST, f"{cmd} needs argument(s): {', '.join(missing)}"
         )
-    extra = sorted(set(args) - set(wanted))
+    extra = sorted(set(args) - set(wanted) - set(OPTIONAL_ARGS.get(cmd, ())))
     if extra:
         raise AdminError(
             AdminErrorCode.BAD_REQUEST, f"{cmd} does not take argument(s): {', '.join(extra)}"
@@ -386,6 +631,76 @@ def _user_id_arg(args: dict[str, Any]) -> str:
         return userid.normalize(value)
     except userid.InvalidUserId as e:
         raise AdminError(AdminErrorCode.INVALID_ARGUMENT, str(e)) from None
+
+
+def _int_arg(args: dict[str, Any], name: str, default: int, high: int, low: int = 1) -> int:
+    value = args.get(name)
+    if value is None:
+        return default
+    if type(value) is not int:
+        raise AdminError(AdminErrorCode.BAD_REQUEST, f"{name} must be an integer")
+    if not low <= value <= high:
+        raise AdminError(
+            AdminErrorCode.INVALID_ARGUMENT, f"{name} must be {low} to {high}, got {value}"
+        )
+    return value
+
+
+_USER_FILTERS = ("disabled", "never_enrolled", "inactive_days")
+
+
+def _user_query(args: dict[str, Any], now_ms: int) -> UserQuery:
+    """The UserQuery for user.list's ``search`` and ``filter`` arguments."""
+    search = args.get("search")
+    if search is not None and not isinstance(search, str):
+        raise AdminError(AdminErrorCode.BAD_REQUEST, "search must be a string")
+    search = (search or "").strip()
+    if len(search) > MAX_SEARCH_CHARS:
+        raise AdminError(
+            AdminErrorCode.INVALID_ARGUMENT, f"search is longer than {MAX_SEARCH_CHARS} characters"
+        )
+    fragment = userid.crockford_clean(search)
+    if not fragment or any(c not in userid.ALPHABET for c in fragment):
+        fragment = ""
+    raw = args.get("filter")
+    if raw is None:
+        raw = {}
+    elif isinstance(raw, str):
+        if raw not in ("disabled", "never_enrolled"):
+            raise AdminError(
+                AdminErrorCode.INVALID_ARGUMENT,
+                f'filter must be "disabled", "never_enrolled" or an object, got {raw!r}',
+            )
+        raw = {raw: True}
+    elif not isinstance(raw, dict):
+        raise AdminError(AdminErrorCode.BAD_REQUEST, "filter must be a string or an object")
+    unknown = sorted(set(raw) - set(_USER_FILTERS))
+    if unknown:
+        raise AdminError(
+            AdminErrorCode.BAD_REQUEST,
+            f"unknown filter(s): {', '.join(unknown)} (known: {', '.join(_USER_FILTERS)})",
+        )
+    disabled = raw.get("disabled")
+    never_enrolled = raw.get("never_enrolled", False)
+    for name, value in (("disabled", disabled), ("never_enrolled", never_enrolled)):
+        if value is not None and not isinstance(value, bool):
+            raise AdminError(AdminErrorCode.BAD_REQUEST, f"filter {name} must be true or false")
+    days = raw.get("inactive_days")
+    if days is not None:
+        if type(days) is not int:
+            raise AdminError(AdminErrorCode.BAD_REQUEST, "filter inactive_days must be an integer")
+        if not 1 <= days <= MAX_INACTIVE_DAYS:
+            raise AdminError(
+                AdminErrorCode.INVALID_ARGUMENT,
+                f"inactive_days must be 1 to {MAX_INACTIVE_DAYS}, got {days}",
+            )
+    return UserQuery(
+        search=search or None,
+        id_fragment=fragment or None,
+        disabled=disabled,
+        without_active_device=bool(never_enrolled),
+        inactive_since_ms=None if days is None else now_ms - days * 86_400_000,
+    )
 
 
 def _device_id_arg(args: dict[str, Any]) -> int:
@@ -446,6 +761,7 @@ async def serve_admin(
     """
     sock = _bind(path)
     identity = os.stat(path)
+    install_log_hook()  # subscribers see the daemon's warnings and errors
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
     log.info("admin.listening", socket=str(path))
     try:
@@ -520,18 +836,55 @@ def _peer_uid(sock: trio.socket.SocketType) -> int | None:
     return int(uid)
 
 
-async def _answer(handler: AdminHandler, line: bytes, peer_uid: int | None) -> bytes:
+async def _answer(
+    handler: AdminHandler, line: bytes, peer_uid: int | None
+) -> tuple[bytes, float | None]:
+    """The reply line, and the interval if the request started a subscription."""
     try:
         request = decode_request(line)
     except AdminError as e:
-        return encode_response(Response(id=e.request_id, error=e))
+        return encode_response(Response(id=e.request_id, error=e)), None
     response = await handler.handle_request(request, peer_uid=peer_uid)
     try:
-        return encode_response(response)
+        reply = encode_response(response)
     except (TypeError, ValueError):  # a result that is not JSON: a bug, not the client's fault
         log.exception("admin.reply_failed", cmd=request.cmd)
         error = AdminError(AdminErrorCode.INTERNAL, "internal error; see the momedod log")
-        return encode_response(Response(id=response.id, error=error))
+        return encode_response(Response(id=response.id, error=error)), None
+    if request.cmd == "subscribe" and response.result is not None:
+        return reply, float(response.result["interval"])
+    return reply, None
+
+
+async def _stream(
+    handler: AdminHandler, stream: trio.SocketStream, interval: float, peer_uid: int | None
+) -> None:
+    """Serve a subscription until the client closes the connection (or stops reading)."""
+    log.debug("admin.subscribed", uid=peer_uid, interval=interval)
+
+    async def send(data: bytes) -> None:
+        with trio.fail_after(STREAM_WRITE_TIMEOUT_S):
+            await stream.send_all(data)
+
+    async with trio.open_nursery() as nursery:
+
+        async def until_closed() -> None:
+            # Whatever the client sends now is ignored; EOF (or an error) ends the stream.
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                while await stream.receive_some(_RECEIVE_BYTES):
+                    pass
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(until_closed)
+        try:
+            await handler.stream_events(send, interval)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except trio.TooSlowError:
+            log.info("admin.subscriber_too_slow", uid=peer_uid)
+        except StoreError as e:
+            log.warning("admin.subscription_failed", uid=peer_uid, error=str(e))
+        nursery.cancel_scope.cancel()
 
 
 async def _serve_client(handler: AdminHandler, stream: trio.SocketStream) -> None:
@@ -549,7 +902,8 @@ async def _serve_client(handler: AdminHandler, stream: trio.SocketStream) -> Non
                 data = await stream.receive_some(_RECEIVE_BYTES)
                 if not data:  # EOF; answer a last line that lacks its newline
                     if buffer.strip():
-                        await stream.send_all(await _answer(handler, bytes(buffer), peer_uid))
+                        reply, _ = await _answer(handler, bytes(buffer), peer_uid)
+                        await stream.send_all(reply)
                     return
                 buffer += data
                 continue
@@ -559,7 +913,11 @@ async def _serve_client(handler: AdminHandler, stream: trio.SocketStream) -> Non
             del buffer[: newline + 1]
             scanned = 0
             if line.strip():
-                await stream.send_all(await _answer(handler, line, peer_uid))
+                reply, interval = await _answer(handler, line, peer_uid)
+                await stream.send_all(reply)
+                if interval is not None:
+                    await _stream(handler, stream, interval, peer_uid)
+                    return
         too_long = AdminError(
             AdminErrorCode.BAD_REQUEST,
             f"request line longer than {MAX_LINE_BYTES} bytes; closing the connection",

@@ -14,6 +14,7 @@ import structlog
 import trio
 
 import momedod
+from momedod.admin.events import RateSampler, counter_total, install_log_hook
 from momedod.admin.server import AdminHandler, serve_admin
 from momedod.config import Config, ConfigError, ListenerConfig, load_config
 from momedod.observability import logging as mlog
@@ -31,6 +32,8 @@ log = structlog.get_logger("momedod")
 
 EXPIRE_INTERVAL = 3600.0
 GAUGE_INTERVAL = 15.0
+RATE_SAMPLE_INTERVAL = 0.5  # seconds between samples of the message counters
+RATE_WINDOW = 5.0  # server.stats rates are averages over this many seconds
 DRAIN_GRACE = 10.0  # seconds sessions get to finish their requests on SIGTERM
 
 
@@ -51,6 +54,7 @@ class Daemon:
         self.contexts: list[SessionContext] = []
         self.nursery: trio.Nursery | None = None
         self.sessions: trio.Nursery | None = None
+        self.rates = RateSampler(_message_counters, RATE_WINDOW)
 
     def now_ms(self) -> int:
         return time.time_ns() // 1_000_000
@@ -94,6 +98,30 @@ class Daemon:
                 }
                 for ls in self.listeners
             ],
+        }
+
+    def server_stats(self) -> dict[str, Any]:
+        (accepted, delivered), span = self.rates.rates(time.monotonic())
+        accepted_total, delivered_total = _message_counters()
+        listeners = [
+            {
+                "address": ls.bound[0][0] if ls.bound else ls.config.address,
+                "port": ls.bound[0][1] if ls.bound else ls.config.port,
+                "connections": ls.connections,
+                "max_connections": ls.config.max_connections,
+            }
+            for ls in self.listeners
+        ]
+        return {
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "connections": sum(ls["connections"] for ls in listeners),
+            "listeners": listeners,
+            "online_devices": len(self.presence),
+            "messages_accepted_per_s": round(accepted, 2),
+            "messages_delivered_per_s": round(delivered, 2),
+            "rate_window_s": round(span, 1),
+            "messages_accepted_total": int(accepted_total),
+            "messages_delivered_total": int(delivered_total),
         }
 
     def disconnect_user(self, user_id: str, code: ErrorCode) -> int:
@@ -224,6 +252,7 @@ class Daemon:
             metrics=old.metrics,
         )
         mlog.configure(new.log.level, new.log.format)
+        install_log_hook()  # configure() replaced the processors; keep admin subscribers fed
         log.info("reload.done", ok=ok, listeners=len(self.listeners))
         return ok
 
@@ -304,6 +333,16 @@ async def _store_gauges(daemon: Daemon) -> None:
         except (StoreError, OSError) as e:
             log.warning("metrics.store_gauges_failed", error=str(e))
         await trio.sleep(GAUGE_INTERVAL)
+
+
+def _message_counters() -> tuple[float, float]:
+    return counter_total(metrics.MESSAGES_ACCEPTED), counter_total(metrics.MESSAGES_DELIVERED)
+
+
+async def _rate_sampler(daemon: Daemon) -> None:
+    while True:
+        daemon.rates.sample(time.monotonic())
+        await trio.sleep(RATE_SAMPLE_INTERVAL)
 
 
 async def _loop_lag() -> None:
@@ -390,6 +429,7 @@ async def serve(
                 ) from e
             nursery.start_soon(_housekeeping, daemon)
             nursery.start_soon(_store_gauges, daemon)
+            nursery.start_soon(_rate_sampler, daemon)
             nursery.start_soon(_loop_lag)
             interval = sd.watchdog_interval()
             if interval:

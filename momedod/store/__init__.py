@@ -10,10 +10,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from momedod.store.base import (
+    AuditEntry,
+    AuditNote,
     BackupInfo,
     Device,
     DeviceRevoked,
     EnqueueResult,
+    InvalidCursor,
     Invite,
     InviteExpired,
     InviteInvalid,
@@ -30,14 +33,20 @@ from momedod.store.base import (
     UnknownRecipient,
     User,
     UserDisabled,
+    UserPage,
+    UserQuery,
+    UserSummary,
 )
 
 __all__ = [
     "ENGINES",
+    "AuditEntry",
+    "AuditNote",
     "BackupInfo",
     "Device",
     "DeviceRevoked",
     "EnqueueResult",
+    "InvalidCursor",
     "Invite",
     "InviteExpired",
     "InviteInvalid",
@@ -54,6 +63,9 @@ __all__ = [
     "UnknownRecipient",
     "User",
     "UserDisabled",
+    "UserPage",
+    "UserQuery",
+    "UserSummary",
     "open_store",
 ]
 

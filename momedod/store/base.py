@@ -9,16 +9,21 @@ All times are passed in as milliseconds since the Unix epoch; the store never re
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = [
+    "AUDIT_FORBIDDEN_KEYS",
+    "AUDIT_PERSONAL_KEYS",
+    "AuditEntry",
+    "AuditNote",
     "BackupInfo",
     "Device",
     "DeviceRevoked",
     "EnqueueResult",
+    "InvalidCursor",
     "Invite",
     "InviteExpired",
     "InviteInvalid",
@@ -34,6 +39,9 @@ __all__ = [
     "UnknownRecipient",
     "User",
     "UserDisabled",
+    "UserPage",
+    "UserQuery",
+    "UserSummary",
     "display_device",
     "display_user",
 ]
@@ -142,6 +150,83 @@ class BackupInfo:
     mailbox_entries: int
 
 
+@dataclass(frozen=True, slots=True)
+class AuditNote:
+    """An audit-log entry to write in the same transaction as the change it records.
+
+    ``uid`` is the Unix user that asked for the change (None if unknown). ``target`` and
+    ``user_id`` may be left None for a change about one user: the store fills them in (the
+    user's display ID and canonical ID). ``detail`` must be JSON-serialisable and hold no
+    secrets; keys in :data:`AUDIT_FORBIDDEN_KEYS` are dropped by the store whatever happens.
+    """
+
+    ts_ms: int
+    uid: int | None
+    action: str
+    target: str | None = None
+    user_id: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+AUDIT_FORBIDDEN_KEYS = frozenset(
+    {"code", "invite_code", "link", "invite", "key", "private_key", "seed", "transport_pub"}
+)
+"""Detail keys never stored in the audit log (invite codes, links and keys are secrets)."""
+
+AUDIT_PERSONAL_KEYS = frozenset({"name", "old_name"})
+"""Detail keys that hold a user's name: removed from the user's entries when it is deleted."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One row of the audit log; ``id`` grows with every entry (newer entries, larger ids)."""
+
+    id: int
+    ts_ms: int
+    uid: int | None
+    action: str
+    target: str
+    user_id: str | None
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class UserQuery:
+    """Filters for :meth:`Store.find_users`; all given conditions must hold.
+
+    ``search`` matches a case-insensitive substring of the name; ``id_fragment`` a substring
+    of the canonical user ID. If both are given, a user matches if either does.
+    ``without_active_device``: no device that is not revoked (never enrolled, or every device
+    revoked). ``inactive_since_ms``: no device seen at or after that time, counting the
+    user's creation as activity (a new user is not inactive).
+    """
+
+    search: str | None = None
+    id_fragment: str | None = None
+    disabled: bool | None = None
+    without_active_device: bool = False
+    inactive_since_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UserSummary:
+    """A user with device aggregates: active and all devices, last seen, queued messages."""
+
+    user: User
+    active_devices: int
+    devices: int
+    last_seen_ms: int | None
+    mailbox: int
+
+
+@dataclass(frozen=True, slots=True)
+class UserPage:
+    """One page of :meth:`Store.find_users`; ``next`` continues after it (None: the last)."""
+
+    users: tuple[UserSummary, ...]
+    next: str | None
+
+
 def display_user(user_id: str) -> str:
     """Operator-readable user ID, e.g. ``M8N2-2HTR`` for the canonical ``M8N22HTR``."""
     return f"{user_id[:4]}-{user_id[4:]}" if len(user_id) == 8 else user_id
@@ -154,6 +239,10 @@ def display_device(user_id: str, device_id: int) -> str:
 
 class StoreError(Exception):
     """Base class of every store failure; the message is meant for an operator."""
+
+
+class InvalidCursor(StoreError):
+    """A pagination cursor that this store did not hand out (or that is malformed)."""
 
 
 class NotFound(StoreError):
@@ -229,8 +318,12 @@ class Store(abc.ABC):
     # -- users and invites ---------------------------------------------------------------
 
     @abc.abstractmethod
-    async def create_user(self, name: str, now_ms: int, invite_ttl_ms: int) -> tuple[User, Invite]:
-        """Create a user with a fresh, never-used ID and its first invite."""
+    async def create_user(
+        self, name: str, now_ms: int, invite_ttl_ms: int, *, audit: AuditNote | None = None
+    ) -> tuple[User, Invite]:
+        """Create a user with a fresh, never-used ID and its first invite.
+
+        ``audit`` (here and in the other changes) is written in the same transaction."""
 
     @abc.abstractmethod
     async def get_user(self, user_id: str) -> User | None:
@@ -241,18 +334,50 @@ class Store(abc.ABC):
         """All users that are not deleted, in creation order."""
 
     @abc.abstractmethod
-    async def set_user_disabled(self, user_id: str, disabled: bool) -> User:
+    async def set_user_disabled(
+        self, user_id: str, disabled: bool, *, audit: AuditNote | None = None
+    ) -> User:
         """Disable or enable a user. Raises NotFound."""
 
     @abc.abstractmethod
-    async def delete_user(self, user_id: str, now_ms: int | None = None) -> None:
-        """Delete a user: revoke its devices, drop their mailboxes, prekeys, the user's key
-        records and invites, and keep a tombstone so the ID is never reused. Raises NotFound.
-        ``now_ms`` is the revocation time recorded on the devices (default: wall clock)."""
+    async def rename_user(self, user_id: str, name: str, *, audit: AuditNote | None = None) -> User:
+        """Give a user a new name. Raises NotFound."""
 
     @abc.abstractmethod
-    async def new_invite(self, user_id: str, now_ms: int, ttl_ms: int) -> Invite:
+    async def delete_user(
+        self, user_id: str, now_ms: int | None = None, *, audit: AuditNote | None = None
+    ) -> None:
+        """Delete a user: revoke its devices, drop their mailboxes, prekeys, the user's key
+        records and invites, and keep a tombstone so the ID is never reused. Raises NotFound.
+        ``now_ms`` is the revocation time recorded on the devices (default: wall clock).
+        The user's name is also removed from its audit-log entries."""
+
+    @abc.abstractmethod
+    async def new_invite(
+        self, user_id: str, now_ms: int, ttl_ms: int, *, audit: AuditNote | None = None
+    ) -> Invite:
         """Create a new invite for the user; older unused invites stop working. NotFound."""
+
+    @abc.abstractmethod
+    async def bulk_invites(
+        self,
+        without_active_device: bool,
+        now_ms: int,
+        ttl_ms: int,
+        *,
+        audit: AuditNote | None = None,
+    ) -> list[tuple[User, Invite]]:
+        """A new invite for every enabled user (only those without an active device if
+        ``without_active_device``), in creation order, all in one transaction; each user's
+        older unused invites stop working. ``audit`` is written once per invited user."""
+
+    @abc.abstractmethod
+    async def find_users(
+        self, query: UserQuery, *, after: str | None = None, limit: int = 100
+    ) -> UserPage:
+        """Up to ``limit`` non-deleted users matching ``query`` in creation order, with
+        device aggregates. ``after`` is the ``next`` of the previous page; a cursor stays
+        valid while users are added or deleted. Raises InvalidCursor."""
 
     @abc.abstractmethod
     async def redeem_invite(
@@ -274,7 +399,9 @@ class Store(abc.ABC):
         """All devices of the user, revoked ones included, by device_id. Raises NotFound."""
 
     @abc.abstractmethod
-    async def revoke_device(self, user_id: str, device_id: int, now_ms: int) -> Device:
+    async def revoke_device(
+        self, user_id: str, device_id: int, now_ms: int, *, audit: AuditNote | None = None
+    ) -> Device:
         """Revoke a device and delete its mailbox and prekeys. Raises NotFound.
 
         Revoking an already revoked device keeps its original revocation time.
@@ -363,6 +490,32 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def stats(self) -> StoreStats:
         """Counts for the operator's server overview."""
+
+    @abc.abstractmethod
+    async def disk_usage(self) -> int:
+        """Bytes the store's files take on disk (for SQLite: the database, WAL and SHM)."""
+
+    # -- audit log -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def add_audit(self, note: AuditNote) -> int:
+        """Append an audit entry on its own (for actions that change nothing in the store,
+        such as a backup); return its id. Changes pass ``audit=`` to their method instead."""
+
+    @abc.abstractmethod
+    async def list_audit(
+        self,
+        *,
+        after_id: int | None = None,
+        before_id: int | None = None,
+        limit: int = 100,
+        user_id: str | None = None,
+        action: str | None = None,
+    ) -> list[AuditEntry]:
+        """Up to ``limit`` audit entries: with ``after_id`` those with a larger id, oldest
+        first; otherwise the newest ones (below ``before_id`` if given), newest first.
+        ``user_id`` (canonical) keeps only entries about that user; ``action`` only that
+        action, or every action starting with it if it ends in ``.`` (``user.``)."""
 
     # -- backup --------------------------------------------------------------------------
 

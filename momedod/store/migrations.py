@@ -97,7 +97,25 @@ _V1 = (
     )""",
 )
 
-SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+# Version 2: the audit log of admin changes (who, when, what, to whom; no secrets).
+# ``user_id`` is the canonical ID of the user a change is about (NULL for server-wide
+# actions such as a backup), ``target`` what an operator reads (``Q7AW-GNX9/1``), ``detail``
+# a JSON object.
+_V2 = (
+    """CREATE TABLE audit (
+        id       INTEGER PRIMARY KEY,
+        ts_ms    INTEGER NOT NULL,
+        uid      INTEGER,
+        action   TEXT NOT NULL,
+        target   TEXT NOT NULL,
+        user_id  TEXT,
+        detail   TEXT NOT NULL DEFAULT '{}'
+    )""",
+    "CREATE INDEX audit_user ON audit (user_id, id)",
+    "CREATE INDEX audit_action ON audit (action, id)",
+)
+
+SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
 """Migration scripts, oldest first; each is a tuple of SQL statements."""
 
 

@@ -57,6 +57,8 @@ import trio
 
 from momedod.store import txn
 from momedod.store.base import (
+    AuditEntry,
+    AuditNote,
     BackupInfo,
     Device,
     EnqueueResult,
@@ -69,6 +71,8 @@ from momedod.store.base import (
     StoreObserver,
     StoreStats,
     User,
+    UserPage,
+    UserQuery,
 )
 from momedod.store.migrations import migrate
 from momedod.store.txn import Row, Tx
@@ -447,10 +451,18 @@ class SQLiteStore(Store):
 
     # -- the Store interface ---------------------------------------------------------------
 
-    async def create_user(self, name: str, now_ms: int, invite_ttl_ms: int) -> tuple[User, Invite]:
+    async def create_user(
+        self, name: str, now_ms: int, invite_ttl_ms: int, *, audit: AuditNote | None = None
+    ) -> tuple[User, Invite]:
         """See :meth:`Store.create_user`."""
         return await self._write(
-            txn.create_user, name, now_ms, invite_ttl_ms, self._new_user_id, self._new_invite_code
+            txn.create_user,
+            name,
+            now_ms,
+            invite_ttl_ms,
+            self._new_user_id,
+            self._new_invite_code,
+            audit,
         )
 
     async def get_user(self, user_id: str) -> User | None:
@@ -461,18 +473,49 @@ class SQLiteStore(Store):
         """See :meth:`Store.list_users`."""
         return await self._read(txn.list_users)
 
-    async def set_user_disabled(self, user_id: str, disabled: bool) -> User:
+    async def set_user_disabled(
+        self, user_id: str, disabled: bool, *, audit: AuditNote | None = None
+    ) -> User:
         """See :meth:`Store.set_user_disabled`."""
-        return await self._write(txn.set_user_disabled, user_id, disabled)
+        return await self._write(txn.set_user_disabled, user_id, disabled, audit)
 
-    async def delete_user(self, user_id: str, now_ms: int | None = None) -> None:
+    async def rename_user(self, user_id: str, name: str, *, audit: AuditNote | None = None) -> User:
+        """See :meth:`Store.rename_user`."""
+        return await self._write(txn.rename_user, user_id, name, audit)
+
+    async def delete_user(
+        self, user_id: str, now_ms: int | None = None, *, audit: AuditNote | None = None
+    ) -> None:
         """See :meth:`Store.delete_user`."""
         when = int(time.time() * 1000) if now_ms is None else now_ms
-        await self._write(txn.delete_user, user_id, when)
+        await self._write(txn.delete_user, user_id, when, audit)
 
-    async def new_invite(self, user_id: str, now_ms: int, ttl_ms: int) -> Invite:
+    async def new_invite(
+        self, user_id: str, now_ms: int, ttl_ms: int, *, audit: AuditNote | None = None
+    ) -> Invite:
         """See :meth:`Store.new_invite`."""
-        return await self._write(txn.new_invite, user_id, now_ms, ttl_ms, self._new_invite_code)
+        return await self._write(
+            txn.new_invite, user_id, now_ms, ttl_ms, self._new_invite_code, audit
+        )
+
+    async def bulk_invites(
+        self,
+        without_active_device: bool,
+        now_ms: int,
+        ttl_ms: int,
+        *,
+        audit: AuditNote | None = None,
+    ) -> list[tuple[User, Invite]]:
+        """See :meth:`Store.bulk_invites`."""
+        return await self._write(
+            txn.bulk_invites, without_active_device, now_ms, ttl_ms, self._new_invite_code, audit
+        )
+
+    async def find_users(
+        self, query: UserQuery, *, after: str | None = None, limit: int = 100
+    ) -> UserPage:
+        """See :meth:`Store.find_users`."""
+        return await self._read(txn.find_users, query, after, limit)
 
     async def redeem_invite(
         self, code: str, transport_pub: bytes, device_name: str, now_ms: int
@@ -488,9 +531,11 @@ class SQLiteStore(Store):
         """See :meth:`Store.list_devices`."""
         return await self._read(txn.list_devices, user_id)
 
-    async def revoke_device(self, user_id: str, device_id: int, now_ms: int) -> Device:
+    async def revoke_device(
+        self, user_id: str, device_id: int, now_ms: int, *, audit: AuditNote | None = None
+    ) -> Device:
         """See :meth:`Store.revoke_device`."""
-        return await self._write(txn.revoke_device, user_id, device_id, now_ms)
+        return await self._write(txn.revoke_device, user_id, device_id, now_ms, audit)
 
     async def touch_device(self, user_id: str, device_id: int, now_ms: int) -> None:
         """See :meth:`Store.touch_device`."""
@@ -566,6 +611,34 @@ class SQLiteStore(Store):
     async def stats(self) -> StoreStats:
         """See :meth:`Store.stats`."""
         return await self._read(txn.stats)
+
+    async def disk_usage(self) -> int:
+        """See :meth:`Store.disk_usage`: ``momedo.sqlite3`` and its -wal and -shm files."""
+
+        def measure() -> int:
+            total = 0
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(OSError):
+                    total += os.stat(f"{self.db_path}{suffix}").st_size
+            return total
+
+        return await trio.to_thread.run_sync(measure)
+
+    async def add_audit(self, note: AuditNote) -> int:
+        """See :meth:`Store.add_audit`."""
+        return await self._write(txn.add_audit, note)
+
+    async def list_audit(
+        self,
+        *,
+        after_id: int | None = None,
+        before_id: int | None = None,
+        limit: int = 100,
+        user_id: str | None = None,
+        action: str | None = None,
+    ) -> list[AuditEntry]:
+        """See :meth:`Store.list_audit`."""
+        return await self._read(txn.list_audit, after_id, before_id, limit, user_id, action)
 
     async def backup(self, dest_dir: Path) -> BackupInfo:
         """See :meth:`Store.backup`; writes ``dest_dir/momedo.sqlite3`` (module docstring)."""

@@ -14,15 +14,24 @@ transactions too.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
+import re
+import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from momedod.store.base import (
+    AUDIT_FORBIDDEN_KEYS,
+    AUDIT_PERSONAL_KEYS,
+    AuditEntry,
+    AuditNote,
     Device,
     DeviceRevoked,
     EnqueueResult,
+    InvalidCursor,
     Invite,
     InviteExpired,
     InviteInvalid,
@@ -36,6 +45,9 @@ from momedod.store.base import (
     UnknownRecipient,
     User,
     UserDisabled,
+    UserPage,
+    UserQuery,
+    UserSummary,
     display_device,
     display_user,
 )
@@ -50,6 +62,7 @@ OTPK = 2
 
 _ID_ATTEMPTS = 64
 _IN_CHUNK = 500  # parameters per IN (...) list, well below every engine's limit
+_FIND_CHUNK = 500  # rows per query while find_users filters names in Python
 
 
 class Tx(Protocol):
@@ -182,6 +195,7 @@ def create_user(
     invite_ttl_ms: int,
     new_user_id: Callable[[], str],
     new_code: Callable[[], str],
+    audit: AuditNote | None = None,
 ) -> tuple[User, Invite]:
     """Insert a user under a fresh ID (never one in use or of a deleted user) + an invite."""
     for _ in range(_ID_ATTEMPTS):
@@ -195,7 +209,9 @@ def create_user(
     else:
         raise StoreError(f"could not generate an unused user ID in {_ID_ATTEMPTS} attempts")
     user = User(user_id, name, now_ms, disabled=False, deleted=False)
-    return user, _new_invite(tx, user_id, now_ms, invite_ttl_ms, new_code)
+    invite = _new_invite(tx, user_id, now_ms, invite_ttl_ms, new_code)
+    _write_audit(tx, audit, user_id)
+    return user, invite
 
 
 def get_user(tx: Tx, user_id: str) -> User | None:
@@ -212,14 +228,23 @@ def list_users(tx: Tx) -> list[User]:
     return [_user(r) for r in rows]
 
 
-def set_user_disabled(tx: Tx, user_id: str, disabled: bool) -> User:
+def set_user_disabled(tx: Tx, user_id: str, disabled: bool, audit: AuditNote | None = None) -> User:
     """Set the disabled flag; NotFound for unknown or deleted users."""
     user = _require_user(tx, user_id)
     tx.execute("UPDATE users SET disabled = ? WHERE user_id = ?", (int(disabled), user_id))
+    _write_audit(tx, audit, user_id)
     return User(user.user_id, user.name, user.created_ms, disabled, deleted=False)
 
 
-def delete_user(tx: Tx, user_id: str, now_ms: int) -> None:
+def rename_user(tx: Tx, user_id: str, name: str, audit: AuditNote | None = None) -> User:
+    """Set a new name; the audit entry records the old and the new one."""
+    user = _require_user(tx, user_id)
+    tx.execute("UPDATE users SET name = ? WHERE user_id = ?", (name, user_id))
+    _write_audit(tx, audit, user_id, extra={"old_name": user.name, "name": name})
+    return User(user.user_id, name, user.created_ms, user.disabled, deleted=False)
+
+
+def delete_user(tx: Tx, user_id: str, now_ms: int, audit: AuditNote | None = None) -> None:
     """Tombstone a user: revoke devices, drop mailboxes, prekeys, records and invites.
 
     The name and device names are blanked (nothing can read a deleted user any more); the
@@ -237,14 +262,265 @@ def delete_user(tx: Tx, user_id: str, now_ms: int) -> None:
     tx.execute("DELETE FROM identity_records WHERE user_id = ?", (user_id,))
     tx.execute("DELETE FROM device_lists WHERE user_id = ?", (user_id,))
     tx.execute("UPDATE users SET deleted = 1, name = '' WHERE user_id = ?", (user_id,))
+    _forget_names_in_audit(tx, user_id)
+    _write_audit(tx, audit, user_id)
 
 
 def new_invite(
-    tx: Tx, user_id: str, now_ms: int, ttl_ms: int, new_code: Callable[[], str]
+    tx: Tx,
+    user_id: str,
+    now_ms: int,
+    ttl_ms: int,
+    new_code: Callable[[], str],
+    audit: AuditNote | None = None,
 ) -> Invite:
     """A new invite for the user; deletes the user's older unused invites."""
     _require_user(tx, user_id)
-    return _new_invite(tx, user_id, now_ms, ttl_ms, new_code)
+    invite = _new_invite(tx, user_id, now_ms, ttl_ms, new_code)
+    _write_audit(tx, audit, user_id)
+    return invite
+
+
+def bulk_invites(
+    tx: Tx,
+    without_active_device: bool,
+    now_ms: int,
+    ttl_ms: int,
+    new_code: Callable[[], str],
+    audit: AuditNote | None = None,
+) -> list[tuple[User, Invite]]:
+    """A new invite for every enabled user (optionally: only those without an active device),
+    in creation order, with one audit entry per user."""
+    condition = (
+        " AND NOT EXISTS (SELECT 1 FROM devices d"
+        " WHERE d.user_id = users.user_id AND d.revoked_ms IS NULL)"
+        if without_active_device
+        else ""
+    )
+    rows = tx.all(
+        f"SELECT {_USER_COLS} FROM users WHERE deleted = 0 AND disabled = 0{condition}"
+        " ORDER BY created_ms, rowid"
+    )
+    result: list[tuple[User, Invite]] = []
+    for row in rows:
+        user = _user(row)
+        result.append((user, _new_invite(tx, user.user_id, now_ms, ttl_ms, new_code)))
+        _write_audit(tx, audit, user.user_id)
+    return result
+
+
+# -- finding users ---------------------------------------------------------------------------
+
+# Users with their device aggregates. ``u.rowid`` breaks ties of created_ms in insertion
+# order, as in list_users (the same SQLite-ism; PostgreSQL would use an identity column).
+_FIND_USERS = f"""
+SELECT {", ".join("u." + c for c in _USER_COLS.split(", "))}, u.rowid,
+       coalesce(d.active, 0), coalesce(d.total, 0), d.last_seen, coalesce(d.mailbox, 0)
+FROM users u LEFT JOIN (
+    SELECT user_id,
+           sum(CASE WHEN revoked_ms IS NULL THEN 1 ELSE 0 END) AS active,
+           count(*) AS total,
+           max(last_seen_ms) AS last_seen,
+           sum(mailbox_count) AS mailbox
+    FROM devices GROUP BY user_id
+) d ON d.user_id = u.user_id
+"""
+
+_CURSOR = re.compile(r"u([0-9]{1,19})\.([0-9]{1,19})")
+
+
+def fold_text(text: str) -> str:
+    """The form names are compared in for searches: NFKC, then case-folded."""
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+def _cursor_text(created_ms: int, pos: int) -> str:
+    return f"u{created_ms}.{pos}"
+
+
+def _parse_cursor(text: str) -> tuple[int, int]:
+    match = _CURSOR.fullmatch(text)
+    if match is None:
+        raise InvalidCursor(f"not a user list cursor: {text[:40]!r}")
+    created_ms, pos = int(match[1]), int(match[2])
+    if created_ms > MAX_INT64 or pos > MAX_INT64:
+        raise InvalidCursor(f"not a user list cursor: {text[:40]!r}")
+    return created_ms, pos
+
+
+def find_users(tx: Tx, query: UserQuery, after: str | None, limit: int) -> UserPage:
+    """One page of users matching ``query`` (see Store.find_users)."""
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    position = None if after is None else _parse_cursor(after)
+    where = ["u.deleted = 0"]
+    params: list[object] = []
+    if query.disabled is not None:
+        where.append("u.disabled = ?")
+        params.append(int(query.disabled))
+    if query.without_active_device:
+        where.append("coalesce(d.active, 0) = 0")
+    if query.inactive_since_ms is not None:
+        where.append("coalesce(d.last_seen, u.created_ms) < ?")
+        params.append(query.inactive_since_ms)
+    needle = None if query.search is None else fold_text(query.search)
+    fragment = query.id_fragment
+    filtered = needle is not None or fragment is not None
+    # Without a text search SQL does all the filtering; with one, rows are read in chunks
+    # and names matched here (SQL's lower()/LIKE know only ASCII case).
+    chunk = _FIND_CHUNK if filtered else limit + 1
+    found: list[tuple[UserSummary, tuple[int, int]]] = []
+    while len(found) <= limit:
+        conditions, values = list(where), list(params)
+        if position is not None:
+            conditions.append("(u.created_ms, u.rowid) > (?, ?)")
+            values.extend(position)
+        rows = tx.all(
+            f"{_FIND_USERS} WHERE {' AND '.join(conditions)}"
+            " ORDER BY u.created_ms, u.rowid LIMIT ?",
+            (*values, chunk),
+        )
+        for row in rows:
+            position = (int(row[2]), int(row[5]))
+            user = _user(row)
+            if filtered and not (
+                (needle is not None and needle in fold_text(user.name))
+                or (fragment is not None and fragment in user.user_id)
+            ):
+                continue
+            summary = UserSummary(
+                user=user,
+                active_devices=int(row[6]),
+                devices=int(row[7]),
+                last_seen_ms=None if row[8] is None else int(row[8]),
+                mailbox=int(row[9]),
+            )
+            found.append((summary, position))
+            if len(found) > limit:
+                break
+        if len(rows) < chunk:
+            break
+    page = found[:limit]
+    more = len(found) > limit
+    next_cursor = _cursor_text(*page[-1][1]) if more and page else None
+    return UserPage(tuple(s for s, _ in page), next_cursor)
+
+
+# -- audit log -------------------------------------------------------------------------------
+
+
+def _write_audit(
+    tx: Tx,
+    note: AuditNote | None,
+    user_id: str | None = None,
+    *,
+    extra: Mapping[str, Any] | None = None,
+) -> int | None:
+    """Insert ``note`` (nothing if None); the user a change is about fills in the blanks."""
+    if note is None:
+        return None
+    about = note.user_id if note.user_id is not None else user_id
+    target = note.target
+    if target is None:
+        target = "" if about is None else display_user(about)
+    detail = {**note.detail, **(extra or {})}
+    for key in AUDIT_FORBIDDEN_KEYS.intersection(detail):
+        del detail[key]
+    row = tx.one(
+        "INSERT INTO audit (ts_ms, uid, action, target, user_id, detail)"
+        " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        (
+            note.ts_ms,
+            note.uid,
+            note.action,
+            target,
+            about,
+            json.dumps(detail, ensure_ascii=False, sort_keys=True, separators=(",", ":")),
+        ),
+    )
+    assert row is not None
+    return int(row[0])
+
+
+def _forget_names_in_audit(tx: Tx, user_id: str) -> None:
+    """Remove a deleted user's name from the details of its audit entries."""
+    rows = tx.all("SELECT id, detail FROM audit WHERE user_id = ?", (user_id,))
+    for entry_id, text in rows:
+        detail = _detail(text)
+        if AUDIT_PERSONAL_KEYS.intersection(detail):
+            for key in AUDIT_PERSONAL_KEYS:
+                detail.pop(key, None)
+            tx.execute(
+                "UPDATE audit SET detail = ? WHERE id = ?",
+                (json.dumps(detail, ensure_ascii=False, sort_keys=True), entry_id),
+            )
+
+
+def _detail(text: object) -> dict[str, Any]:
+    try:
+        value = json.loads(str(text))
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def add_audit(tx: Tx, note: AuditNote) -> int:
+    """Append one audit entry; return its id."""
+    entry_id = _write_audit(tx, note)
+    assert entry_id is not None
+    return entry_id
+
+
+def list_audit(
+    tx: Tx,
+    after_id: int | None,
+    before_id: int | None,
+    limit: int,
+    user_id: str | None,
+    action: str | None,
+) -> list[AuditEntry]:
+    """Audit entries (see Store.list_audit)."""
+    if limit < 1:
+        return []
+    where: list[str] = []
+    params: list[object] = []
+    if user_id is not None:
+        where.append("user_id = ?")
+        params.append(user_id)
+    if action is not None:
+        if action.endswith("."):
+            where.append("substr(action, 1, ?) = ?")
+            params.extend((len(action), action))
+        else:
+            where.append("action = ?")
+            params.append(action)
+    if after_id is not None:
+        where.append("id > ?")
+        params.append(min(max(after_id, -1), MAX_INT64))
+        order = "id"
+    else:
+        order = "id DESC"
+        if before_id is not None:
+            where.append("id < ?")
+            params.append(min(max(before_id, 0), MAX_INT64))
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    rows = tx.all(
+        "SELECT id, ts_ms, uid, action, target, user_id, detail FROM audit"
+        f"{clause} ORDER BY {order} LIMIT ?",
+        (*params, min(limit, MAX_INT64)),
+    )
+    return [
+        AuditEntry(
+            id=int(r[0]),
+            ts_ms=int(r[1]),
+            uid=None if r[2] is None else int(r[2]),
+            action=str(r[3]),
+            target=str(r[4]),
+            user_id=None if r[5] is None else str(r[5]),
+            detail=_detail(r[6]),
+        )
+        for r in rows
+    ]
 
 
 def redeem_invite(tx: Tx, code: str, transport_pub: bytes, device_name: str, now_ms: int) -> Device:
@@ -299,12 +575,17 @@ def list_devices(tx: Tx, user_id: str) -> list[Device]:
     return [_device(r) for r in rows]
 
 
-def revoke_device(tx: Tx, user_id: str, device_id: int, now_ms: int) -> Device:
+def revoke_device(
+    tx: Tx, user_id: str, device_id: int, now_ms: int, audit: AuditNote | None = None
+) -> Device:
     """Revoke a device (keeping an earlier revocation time) and drop its mailbox/prekeys."""
     pk, _ = _device_pk(tx, user_id, device_id)
     _drop_mailbox(tx, pk)
     tx.execute("DELETE FROM prekeys WHERE device_pk = ?", (pk,))
     tx.execute("UPDATE devices SET revoked_ms = coalesce(revoked_ms, ?) WHERE pk = ?", (now_ms, pk))
+    if audit is not None and audit.target is None:
+        audit = dataclasses.replace(audit, target=display_device(user_id, device_id))
+    _write_audit(tx, audit, user_id)
     return _get_device_by_pk(tx, pk)
 
 

@@ -54,6 +54,8 @@ async def test_user_add_returns_display_id_and_invite_link(control, handler):
         "created": "2026-11-29T19:00:00Z",
         "disabled": False,
         "devices": 0,
+        "last_seen": None,
+        "mailbox": 0,
     }
     assert control.store.users[uid].name == "Anna Schmidt"
     assert invite["expires"] == "2026-12-06T19:00:00Z"  # 168 h default
@@ -232,7 +234,7 @@ async def test_server_info_adds_store_counts(control, handler):
 
 
 async def test_unknown_command_and_bad_arguments(handler):
-    code, message = await error(handler, "user.rename")
+    code, message = await error(handler, "user.frobnicate")
     assert code == "unknown_command"
     assert "user.add" in message
     assert (await error(handler, "user.show"))[0] == "bad_request"
@@ -262,7 +264,7 @@ async def test_request_id_is_echoed_including_strings_and_missing(handler):
     assert (await handler.handle({"cmd": "user.list"})) == {
         "id": None,
         "ok": True,
-        "result": {"users": []},
+        "result": {"users": [], "next": None},
     }
 
 

@@ -121,9 +121,9 @@ async def test_user_list_table_and_json(admin, capsys):
     code, out, _ = await momedoctl(capsys, "-c", str(admin.config), "user", "list")
     assert code == 0
     assert out.splitlines() == [
-        "ID         NAME          DEVICES  STATUS",
-        f"{userid.display(anna.user_id)}  Anna Schmidt        1  active",
-        f"{userid.display(ben.user_id)}  Ben                 0  disabled",
+        "ID         NAME          DEVICES  LAST SEEN  STATUS",
+        f"{userid.display(anna.user_id)}  Anna Schmidt        1  never      active",
+        f"{userid.display(ben.user_id)}  Ben                 0  never      disabled",
     ]
 
     for argv in (["--json", "user", "list"], ["user", "list", "--json"]):
@@ -146,8 +146,10 @@ async def test_user_show_and_device_revoke(admin, capsys):
     assert code == 0
     assert out.splitlines() == [
         f"User {shown}: Anna",
-        "  created  2026-11-28 19:00 UTC",
-        "  status   active",
+        "  created    2026-11-28 19:00 UTC",
+        "  status     active",
+        "  last seen  never",
+        "  queued     2",
         "",
         "DEVICE  NAME     CREATED               LAST SEEN  QUEUED  STATUS",
         "     1  Pixel 7  2026-11-29 18:00 UTC  never           2  active",
@@ -244,7 +246,7 @@ async def test_bad_json_gets_bad_request_and_the_connection_stays_open(admin):
     assert reply["id"] is None
     assert reply["error"]["code"] == "bad_request"
     await client.send(b'{"id": 2, "cmd": "user.list"}\n')
-    assert await client.reply() == {"id": 2, "ok": True, "result": {"users": []}}
+    assert await client.reply() == {"id": 2, "ok": True, "result": {"users": [], "next": None}}
 
 
 async def test_pipelined_requests_are_answered_in_order(admin):
