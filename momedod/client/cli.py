@@ -1,51 +1,43 @@
-"""``momedo``: the reference client's command line (transport commands for now).
+"""``momedo``: the reference client's command line, a thin layer over
+:mod:`momedod.client.messenger` (end-to-end encrypted 1:1 chats).
 
-The end-to-end layer (chats, contacts, verification) adds its commands on top; until then the
-client can enroll a device from an invite link and check that it can log in.
+Commands: enroll, whoami, status, send, recv, listen, contacts, verify, trust, devices.
+``--profile DIR`` selects the profile (default ``~/.local/share/momedo``); ``--json`` prints
+machine-readable output (``recv``/``listen``: one JSON object per line).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import signal
 import socket
-import stat
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 
-from momedod.client.transport import ClientError, Credentials, connect, connect_invite
+from momedod.client import messenger as m
+from momedod.client.profile import Profile, ProfileError, default_profile, open_profile
+from momedod.client.transport import ClientError, Credentials, connect
+from momedod.e2e.errors import E2EError
+from momedod.e2e.identity import UserIdentityKey
+from momedod.e2e.safety import parse_qr, qr_string
+from momedod.e2e.trust import QrMismatch
 from momedod.protocol.frames import Drained
 from momedod.protocol.invite import InvalidInviteLink, fingerprint_text
-from momedod.protocol.userid import display
+from momedod.protocol.userid import InvalidUserId, display, normalize
 
-CREDENTIALS = "transport.json"
-
-
-def default_profile() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "momedo"
+Out = dict[str, Any]
 
 
-def _profile_dir(path: Path, create: bool) -> Path:
-    if create:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not path.is_dir():
-        raise SystemExit(f"momedo: no profile at {path} — enroll first: momedo enroll LINK")
-    if stat.S_IMODE(path.stat().st_mode) & 0o077:
-        raise SystemExit(f"momedo: {path} is readable by other users; run: chmod 700 {path}")
-    return path
+def _err(text: str) -> None:
+    print(f"momedo: {text}", file=sys.stderr)
 
 
-async def _enroll(profile: Path, link: str, name: str) -> Credentials:
-    async with connect_invite(link, name) as (_client, creds):
-        creds.save(profile / CREDENTIALS)
-        return creds
-
-
-async def _status(creds: Credentials) -> dict[str, object]:
+async def _status(creds: Credentials) -> Out:
     # Counts without acknowledging, so at most one delivery window can be seen.
     pending = 0
     async with connect(creds) as client:
@@ -66,7 +58,171 @@ async def _status(creds: Credentials) -> dict[str, object]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def _print(out: Out, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(out))
+        return
+    for key, value in out.items():
+        if key == "notices":
+            for line in value:
+                print(line, file=sys.stderr)
+            continue
+        if isinstance(value, list):
+            print(f"{key.replace('_', ' ')}:")
+            for item in value:
+                print(f"  {item}")
+        else:
+            print(f"{key.replace('_', ' ')}: {value}")
+
+
+def _notices(notices: list[m.Notice]) -> list[str]:
+    return [n.line() for n in notices]
+
+
+def _whoami(profile: Profile) -> Out:
+    creds = profile.credentials()
+    out: Out = {
+        "user_id": display(creds.user_id),
+        "device_id": creds.device_id,
+        "server": f"{creds.host}:{creds.port}",
+        "server_fingerprint": fingerprint_text(creds.fingerprint),
+    }
+    if profile.has_e2e():
+        state = profile.load_state()
+        uik = UserIdentityKey(state.uik_seed, state.suite)
+        out["identity_fingerprint"] = uik.fp.hex()
+        out["qr"] = qr_string(creds.user_id, uik.fp)
+        out["suite"] = f"0x{state.suite:04x}"
+    return out
+
+
+async def _contacts(msgr: m.Messenger) -> Out:
+    rows = []
+    for c in msgr.trust.contacts:
+        if c.user_id == msgr.me.user_id:
+            continue
+        rows.append(
+            {
+                "user_id": display(c.user_id),
+                "level": c.level.value,
+                "key_changed": c.blocked,
+                "fingerprint": c.fp.hex(),
+                "devices": sorted(c.devices),
+            }
+        )
+    return {"contacts": rows}
+
+
+def _contacts_text(out: Out) -> None:
+    if not out["contacts"]:
+        print("no contacts yet")
+    for c in out["contacts"]:
+        flag = "  KEY CHANGED — run: momedo trust " + c["user_id"] if c["key_changed"] else ""
+        devs = ", ".join(str(d) for d in c["devices"])
+        print(f"{c['user_id']}  {c['level']}  devices {devs}  fp {c['fingerprint'][:16]}…{flag}")
+
+
+async def _trust(msgr: m.Messenger, user_id: str, qr: str | None) -> Out:
+    notices = [n.line() for n in (await msgr.fetch_user(user_id)).notices]
+    c = msgr.trust.contact(user_id)
+    assert c is not None
+    if qr is not None:
+        try:
+            q_uid, q_fp = parse_qr(qr)
+        except ValueError as e:
+            raise m.MessengerError(f"not a momedo QR string: {e}") from None
+        if q_uid != user_id:
+            raise m.MessengerError(f"the QR code is for {display(q_uid)}, not {display(user_id)}")
+        result = msgr.trust.verify_qr(user_id, q_fp)
+        if isinstance(result, QrMismatch):
+            msgr.save()
+            raise m.MessengerError(
+                f"the QR code names ANOTHER key than the one the server shows for "
+                f"{display(user_id)}: nothing changed"
+            )
+        action = "verified by QR code"
+    elif c.blocked:
+        msgr.trust.accept(user_id)
+        action = "accepted the new identity key (unverified; compare: momedo verify)"
+    else:
+        msgr.trust.mark_verified(user_id)
+        action = "marked verified (you compared the safety number)"
+    msgr.save()
+    c = msgr.trust.contact(user_id)
+    assert c is not None
+    return {
+        "user_id": display(user_id),
+        "action": action,
+        "level": c.level.value,
+        "fingerprint": c.fp.hex(),
+        "notices": notices,
+    }
+
+
+async def _devices(msgr: m.Messenger) -> Out:
+    keys = await msgr.fetch_user(msgr.me.user_id)
+    msgr.save()
+    dl = keys.device_list
+    rows = [
+        {
+            "device_id": e.device_id,
+            "this_device": e.device_id == msgr.me.device_id,
+            "manager": bool(e.flags & 1),
+            "suites": [f"0x{s:04x}" for s in e.suites],
+            "added_ms": e.added_ms,
+            "key": e.dk_pub.hex(),
+        }
+        for e in dl.entries
+    ]
+    return {
+        "user_id": display(msgr.me.user_id),
+        "device_list_version": dl.version,
+        "signed_by_my_identity": dl.signer_fp == msgr.uik.fp,
+        "devices": rows,
+        "notices": _notices(keys.notices),
+    }
+
+
+def _devices_text(out: Out) -> None:
+    for line in out["notices"]:
+        print(line, file=sys.stderr)
+    print(f"device list of {out['user_id']}, version {out['device_list_version']} (verified)")
+    if not out["signed_by_my_identity"]:
+        print("WARNING: not signed by this device's identity key", file=sys.stderr)
+    for d in out["devices"]:
+        tags = [t for t, on in (("this device", d["this_device"]), ("manager", d["manager"])) if on]
+        extra = f" ({', '.join(tags)})" if tags else ""
+        print(f"  device {d['device_id']}{extra}  suites {' '.join(d['suites'])}")
+
+
+def _printer(as_json: bool) -> Callable[[m.Event], None]:
+    def show(event: m.Event) -> None:
+        if as_json:
+            print(json.dumps(event.json()), flush=True)
+            return
+        if isinstance(event, m.Message):
+            for w in event.warnings:
+                print(f"warning: {w}", file=sys.stderr)
+            print(event.line(), flush=True)
+        else:
+            print(event.line(), file=sys.stderr, flush=True)
+
+    return show
+
+
+def _uid(text: str) -> str:
+    try:
+        return normalize(text)
+    except InvalidUserId as e:
+        raise m.MessengerError(f"not a user ID: {text!r} ({e})") from None
+
+
+def _run_with(profile: Profile, fn: Callable[[m.Messenger], Awaitable[Out]]) -> Out:
+    result: Out = trio.run(m.with_messenger, profile, fn)
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="momedo", description="momedo reference client")
     parser.add_argument(
         "--profile",
@@ -79,46 +235,134 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("enroll", help="enroll this device with an invite link")
     p.add_argument("link")
     p.add_argument("--name", default=socket.gethostname(), help="device name")
-    sub.add_parser("whoami", help="show this device's user ID and server")
+    sub.add_parser("whoami", help="this device's user ID, server and identity fingerprint")
     sub.add_parser("status", help="log in and count waiting messages (without taking them)")
-    args = parser.parse_args(argv)
+    p = sub.add_parser("send", help="send an end-to-end encrypted text message")
+    p.add_argument("user_id")
+    p.add_argument("text")
+    p = sub.add_parser("recv", help="print waiting messages and exit")
+    p.add_argument(
+        "--wait", type=float, default=0.0, help="keep listening this many seconds after catch-up"
+    )
+    sub.add_parser("listen", help="print messages as they arrive until interrupted")
+    sub.add_parser("contacts", help="pinned contacts and their trust level")
+    p = sub.add_parser("verify", help="safety number and QR string for a contact")
+    p.add_argument("user_id")
+    p = sub.add_parser("trust", help="accept a changed identity key, or mark a contact verified")
+    p.add_argument("user_id")
+    p.add_argument("--qr", help="the contact's scanned QR string (MOMEDO1:…)")
+    sub.add_parser("devices", help="your user's device list as the server has it (verified)")
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
-        if args.cmd == "enroll":
-            profile = _profile_dir(args.profile, create=True)
-            if (profile / CREDENTIALS).exists():
-                print(f"momedo: {profile} already holds an enrolled device", file=sys.stderr)
-                return 1
-            creds = trio.run(_enroll, profile, args.link, args.name)
-            out: dict[str, object] = {
-                "user_id": display(creds.user_id),
-                "device_id": creds.device_id,
-                "server": f"{creds.host}:{creds.port}",
-            }
-        else:
-            profile = _profile_dir(args.profile, create=False)
-            creds = Credentials.load(profile / CREDENTIALS)
-            if args.cmd == "whoami":
-                out = {
-                    "user_id": display(creds.user_id),
-                    "device_id": creds.device_id,
-                    "server": f"{creds.host}:{creds.port}",
-                    "fingerprint": fingerprint_text(creds.fingerprint),
-                }
-            else:
-                out = trio.run(_status, creds)
+        return _main(args)
     except InvalidInviteLink as e:
-        print(f"momedo: invalid invite link: {e}", file=sys.stderr)
-        return 1
-    except ClientError as e:
-        print(f"momedo: {e}", file=sys.stderr)
-        return 1
-    except FileNotFoundError:
-        print(f"momedo: no enrolled device in {args.profile}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(out))
-    else:
-        for key, value in out.items():
-            print(f"{key.replace('_', ' ')}: {value}")
-    return 0
+        _err(f"invalid invite link: {e}")
+    except m.KeyChangedError as e:
+        print(str(e), file=sys.stderr)
+        return 3
+    except (ClientError, ProfileError, m.MessengerError) as e:
+        _err(str(e))
+    except E2EError as e:
+        _err(f"{e} ({e.reason})")
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+def _main(args: argparse.Namespace) -> int:
+    as_json: bool = args.json
+    if args.cmd == "enroll":
+        profile = open_profile(args.profile, create=True)
+        with profile.locked():
+            if profile.enrolled():
+                _err(f"{profile.path} already holds an enrolled device")
+                return 1
+            _creds, notices = trio.run(m.enroll, profile, args.link, args.name)
+        out = _whoami(profile)
+        out["notices"] = _notices(notices)
+        _print(out, as_json)
+        return 0
+
+    profile = open_profile(args.profile)
+    if args.cmd == "whoami":
+        _print(_whoami(profile), as_json)
+        return 0
+    if args.cmd == "status":
+        _print(trio.run(_status, profile.credentials()), as_json)
+        return 0
+
+    with profile.locked():
+        if args.cmd == "send":
+            uid = _uid(args.user_id)
+            sent, notices = trio.run(m.send_text, profile, uid, args.text)
+            out = {
+                "to": display(uid),
+                "msg_id": sent.message_id.hex(),
+                "devices": [f"{display(r.user_id)}/{r.device_id}" for r in sent.recipients],
+                "notices": _notices(notices),
+            }
+            if as_json:
+                _print(out, True)
+            else:
+                for line in out["notices"]:
+                    print(line, file=sys.stderr)
+                print(f"sent to {out['to']} ({len(sent.recipients)} device(s))")
+            return 0
+        if args.cmd in ("recv", "listen"):
+            wait = None if args.cmd == "listen" else max(0.0, args.wait)
+            if args.cmd == "listen":
+                signal.signal(signal.SIGTERM, signal.default_int_handler)
+            trio.run(lambda: m.receive(profile, _printer(as_json), wait=wait))
+            return 0
+        if args.cmd == "contacts":
+            out = _run_with(profile, _contacts)
+            if as_json:
+                _print(out, True)
+            else:
+                _contacts_text(out)
+            return 0
+        if args.cmd == "verify":
+            uid = _uid(args.user_id)
+
+            async def verify(msgr: m.Messenger) -> Out:
+                res: Out = await msgr.verification(uid)
+                msgr.save()
+                return res
+
+            out = _run_with(profile, verify)
+            if not as_json:
+                for line in out.pop("notices"):
+                    print(line, file=sys.stderr)
+                if not out["matches_pin"]:
+                    print(
+                        f"WARNING: this is NOT the key you pinned for {out['user_id']}; "
+                        f"accept it only after comparing: momedo trust {out['user_id']}",
+                        file=sys.stderr,
+                    )
+                print(f"safety number with {out['user_id']}:")
+                nums = out["safety_number"].split()
+                for i in range(0, len(nums), 4):
+                    print("  " + " ".join(nums[i : i + 4]))
+                print(f"their QR: {out['their_qr']}")
+                print(f"your QR:  {out['my_qr']}")
+                print(f"trust level: {out['level']}")
+            else:
+                _print(out, True)
+            return 0
+        if args.cmd == "trust":
+            uid = _uid(args.user_id)
+            out = _run_with(profile, lambda msgr: _trust(msgr, uid, args.qr))
+            _print(out, as_json)
+            return 0
+        if args.cmd == "devices":
+            out = _run_with(profile, _devices)
+            if as_json:
+                _print(out, True)
+            else:
+                _devices_text(out)
+            return 0
+    raise AssertionError(args.cmd)

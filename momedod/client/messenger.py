@@ -1,0 +1,781 @@
+"""The end-to-end client: ties momedod.e2e to the server (docs/E2E.md, "The client").
+
+:func:`enroll` creates a device and publishes its keys; a :class:`Messenger` (one profile,
+one connected :class:`~momedod.client.transport.Client`) fetches and verifies key records,
+sends text in 1:1 conversations and opens what arrives. Every state change is saved to the
+profile before the server is told (ACK) or before an envelope that depends on it is sent.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from momedod.client.profile import E2EState, Prekey, Profile, SendingState
+from momedod.client.transport import Client, ClientError, Credentials, ServerError, connect_invite
+from momedod.client.transport import connect as transport_connect
+from momedod.e2e.chain import (
+    ChainDist,
+    ReceivingChain,
+    SendingChain,
+    needs_rotation,
+    peek_chain,
+)
+from momedod.e2e.envelope import Addr, ContentType
+from momedod.e2e.errors import E2EError
+from momedod.e2e.identity import DeviceKey, HybridPublicKey, UserIdentityKey
+from momedod.e2e.records import (
+    PREKEY_OTPK,
+    PREKEY_SPK,
+    ZERO_HASH,
+    DeviceEntry,
+    DeviceList,
+    DeviceListPin,
+    DeviceSelection,
+    IdentityRecord,
+    device_list_hash,
+    select_devices,
+    sign_device_list,
+    sign_identity_record,
+    sign_prekey,
+    verify_device_list,
+    verify_device_list_chain,
+    verify_identity_history,
+    verify_identity_record,
+    verify_prekey,
+)
+from momedod.e2e.safety import dm_conv_id, format_safety_number, kvd, qr_string, safety_number
+from momedod.e2e.seal import MSG_ID_LEN, SealReplayGuard, open_seal, seal
+from momedod.e2e.suites import SUITE_XWING, get_suite, kem_keypair_from_seed
+from momedod.e2e.trust import KeyChange, Pinned, RogueDevice, TrustStore
+from momedod.protocol import frames as f
+from momedod.protocol.errors import ErrorCode, ProtocolError
+from momedod.protocol.records import (
+    DEVICE_FLAG_MANAGER,
+    RECORD_DEVICE_LIST,
+    RECORD_IDENTITY,
+    RECORD_PREKEY,
+    parse_record,
+)
+from momedod.protocol.userid import display
+
+OTPK_COUNT = 20
+"""One-time prekeys published at enrollment (there is no replenishment yet)."""
+SPK_LIFETIME_MS = 365 * 86_400_000
+"""Validity of the signed prekey (there is no rotation yet)."""
+MAX_TEXT_BYTES = 16_000
+"""Longest text (UTF-8) that ``send`` accepts."""
+SEEN_KEEP_MS = 35 * 86_400_000
+"""How long processed message IDs are remembered (as the Seal replay guard)."""
+SEND_ATTEMPTS = 3
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class MessengerError(Exception):
+    """Something the user must be told (cannot send, cannot verify keys, ...)."""
+
+
+class KeyChangedError(MessengerError):
+    """Sending is blocked: the contact's identity key changed and was not accepted yet."""
+
+    def __init__(self, user_id: str, old_fp: bytes, new_fp: bytes) -> None:
+        super().__init__(key_change_warning(user_id, old_fp, new_fp))
+        self.user_id = user_id
+        self.old_fp = old_fp
+        self.new_fp = new_fp
+
+
+def key_change_warning(user_id: str, old_fp: bytes, new_fp: bytes) -> str:
+    shown = display(user_id)
+    return (
+        f"WARNING: the identity key of {shown} has CHANGED "
+        f"(pinned {old_fp.hex()[:16]}…, now {new_fp.hex()[:16]}…). "
+        f"Someone may be impersonating {shown}, or they re-installed momedo. "
+        f"Sending to {shown} is blocked. Compare safety numbers (momedo verify {shown}), "
+        f"then accept the new key with: momedo trust {shown}"
+    )
+
+
+@dataclass(frozen=True)
+class Message:
+    """A received (or, from our other device, sent) text message."""
+
+    sender: str  # user ID of the sending device
+    device_id: int
+    peer: str | None  # the other party of the conversation (for our own messages)
+    outgoing: bool  # sent by another device of ours
+    ts_ms: int
+    msg_id: str
+    text: str
+    warnings: tuple[str, ...] = ()
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "type": "message",
+            "from": display(self.sender),
+            "device_id": self.device_id,
+            "to": display(self.peer) if self.peer else None,
+            "outgoing": self.outgoing,
+            "ts_ms": self.ts_ms,
+            "msg_id": self.msg_id,
+            "text": self.text,
+            "warnings": list(self.warnings),
+        }
+
+    def line(self) -> str:
+        who = "me" if self.outgoing else display(self.sender)
+        to = f" → {display(self.peer)}" if self.outgoing and self.peer else ""
+        return f"{who} (device {self.device_id}){to}: {self.text}"
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A line for the user that is not a message: an undecryptable envelope, a warning."""
+
+    kind: str  # "undecryptable", "warning", "info", "alarm"
+    text: str
+
+    def json(self) -> dict[str, Any]:
+        return {"type": self.kind, "text": self.text}
+
+    def line(self) -> str:
+        return self.text if self.kind == "info" else f"{self.kind}: {self.text}"
+
+
+Event = Message | Notice
+
+
+@dataclass
+class UserKeys:
+    """A user's key records as fetched and verified now."""
+
+    user_id: str
+    identities: list[IdentityRecord]
+    lists: list[DeviceList]
+    spks: list[bytes]
+    notices: list[Notice] = field(default_factory=list)
+
+    @property
+    def identity(self) -> IdentityRecord:
+        return self.identities[-1]
+
+    @property
+    def device_list(self) -> DeviceList:
+        return self.lists[-1]
+
+    def uik_for(self, fp: bytes) -> HybridPublicKey | None:
+        return next((i.uik for i in self.identities if i.fp == fp), None)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One prepared SEND, kept to retry with the same message_id."""
+
+    message_id: bytes
+    payload: bytes
+    recipients: tuple[f.Recipient, ...]
+    new_holders: tuple[str, ...]
+    conv: str
+    chain_id: bytes
+    unreachable: tuple[str, ...]
+
+
+def _addr_name(user_id: str, device_id: int) -> str:
+    return f"{user_id}/{device_id}"
+
+
+def _split(records: Sequence[bytes]) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    ids: list[bytes] = []
+    lists: list[bytes] = []
+    prekeys: list[bytes] = []
+    for rec in records:
+        try:
+            kind = parse_record(rec).record_type
+        except ProtocolError:
+            continue
+        {RECORD_IDENTITY: ids, RECORD_DEVICE_LIST: lists, RECORD_PREKEY: prekeys}[kind].append(rec)
+    return ids, lists, prekeys
+
+
+# -- enrollment ------------------------------------------------------------------------------
+
+
+def new_state(suite: int = SUITE_XWING) -> E2EState:
+    """Fresh seeds for a new device: UIK, DK, one SPK (key_id 1) and the OTPK pool."""
+    now = now_ms()
+    spk = Prekey(os.urandom(32), suite, now + SPK_LIFETIME_MS)
+    otpks = {2 + i: Prekey(os.urandom(32), suite) for i in range(OTPK_COUNT)}
+    return E2EState(
+        suite=suite,
+        uik_seed=os.urandom(32),
+        dk_seed=os.urandom(32),
+        spk_id=1,
+        spks={1: spk},
+        otpks=otpks,
+        next_key_id=2 + OTPK_COUNT,
+        trust=TrustStore(),
+        guard=SealReplayGuard(),
+    )
+
+
+async def _own_records(client: Client) -> list[bytes]:
+    try:
+        return await client.key_get(client.user_id)
+    except ServerError as e:
+        if e.code == ErrorCode.NOT_FOUND:
+            return []
+        raise
+
+
+async def publish_keys(client: Client, state: E2EState) -> list[Notice]:
+    """Publish this device's IdentityRec, DeviceList, SPK and OTPKs (see docs/E2E.md).
+
+    If the user already has an identity on the server (a re-enrollment: the old device is
+    lost), the new identity links to it (``prev_fp``) and the new device list continues the
+    chain with this device only: contacts will see an identity key change.
+    """
+    uid, did = client.user_id, client.device_id
+    now = now_ms()
+    uik = UserIdentityKey(state.uik_seed, state.suite)
+    dk_pub = Ed25519PrivateKey.from_private_bytes(state.dk_seed).public_key().public_bytes_raw()
+    notices: list[Notice] = []
+    ids, lists, _ = _split(await _own_records(client))
+    prev_fp, version, prev_hash = ZERO_HASH, 1, ZERO_HASH
+    if ids:
+        last = verify_identity_record(ids[-1], user_id=uid)
+        prev_fp = last.fp
+        notices.append(
+            Notice(
+                "warning",
+                f"user {display(uid)} already had an identity key; this device creates a new "
+                "one and your contacts will see a key change",
+            )
+        )
+    if lists:
+        info = parse_record(lists[-1])
+        assert info.version is not None
+        version, prev_hash = info.version + 1, device_list_hash(lists[-1])
+    id_rec = sign_identity_record(uik, uid, now, prev_fp)
+    entry = DeviceEntry(did, dk_pub, (state.suite,), DEVICE_FLAG_MANAGER, now)
+    dl_rec = sign_device_list(uik, uid, version, prev_hash, now, [entry])
+    await client.key_put(id_rec)
+    await client.key_put(dl_rec)
+    dk = DeviceKey(state.dk_seed)
+    for key_id, kind, pk in [(state.spk_id, PREKEY_SPK, state.spks[state.spk_id])] + [
+        (k, PREKEY_OTPK, p) for k, p in sorted(state.otpks.items())
+    ]:
+        suite = get_suite(pk.suite)
+        _, pub = kem_keypair_from_seed(suite, pk.seed)
+        not_after = pk.not_after_ms or now + SPK_LIFETIME_MS
+        await client.key_put(sign_prekey(dk, uid, did, pk.suite, kind, key_id, pub, not_after))
+    trust = state.trust
+    trust.observe_identity(uid, uik.fp)
+    trust.note_own_device_added(did)
+    own = trust.contact(uid)
+    assert own is not None
+    dl = verify_device_list(dl_rec, uik.public, user_id=uid)
+    own.device_list = DeviceListPin(dl.version, dl.list_hash)
+    own.devices = {did: dk_pub}
+    return notices
+
+
+async def enroll(profile: Profile, link: str, name: str) -> tuple[Credentials, list[Notice]]:
+    """Enroll a device from an invite link, create its keys and publish them."""
+    async with connect_invite(link, name) as (client, creds):
+        state = new_state()
+        profile.save_credentials(creds)
+        profile.save_state(state)  # seeds first: nothing published that we cannot use
+        notices = await publish_keys(client, state)
+        profile.save_state(state)
+        return creds, notices
+
+
+# -- the messenger ---------------------------------------------------------------------------
+
+
+class Messenger:
+    """The end-to-end operations of one enrolled device over one connection."""
+
+    def __init__(self, profile: Profile, client: Client, state: E2EState) -> None:
+        self.profile = profile
+        self.client = client
+        self.state = state
+        self.me = Addr(client.user_id, client.device_id)
+        self.uik = UserIdentityKey(state.uik_seed, state.suite)
+        self._dk = Ed25519PrivateKey.from_private_bytes(state.dk_seed)
+        self._fetched: dict[str, UserKeys] = {}
+
+    @property
+    def trust(self) -> TrustStore:
+        return self.state.trust
+
+    def save(self) -> None:
+        self.profile.save_state(self.state)
+
+    # keys ---------------------------------------------------------------------------------
+
+    async def fetch_user(self, user_id: str) -> UserKeys:
+        """KEY_GET ``user_id``, verify identity history and device-list chain against the pins,
+        and update the trust store (TOFU on first sight, key change -> blocked)."""
+        try:
+            records = await self.client.key_get(user_id)
+        except ServerError as e:
+            if e.code == ErrorCode.NOT_FOUND:
+                raise MessengerError(f"no such user {display(user_id)}") from None
+            raise
+        ids, lists, prekeys = _split(records)
+        if not ids or not lists:
+            raise MessengerError(f"{display(user_id)} has not published end-to-end keys yet")
+        try:
+            identities = verify_identity_history(ids, user_id=user_id)
+            chain = verify_device_list_chain(
+                lists,
+                [i.uik for i in identities],
+                self.trust.device_list_pin(user_id),
+                user_id=user_id,
+            )
+        except E2EError as e:
+            raise MessengerError(
+                f"the keys the server shows for {display(user_id)} do not verify "
+                f"({e.reason}: {e}); not using them"
+            ) from None
+        keys = UserKeys(user_id, identities, chain, prekeys)
+        own = user_id == self.me.user_id
+        event = self.trust.observe_identity(user_id, identities[-1].fp)
+        if isinstance(event, Pinned) and not own:
+            keys.notices.append(
+                Notice("info", f"pinned the identity key of {display(user_id)} (first use)")
+            )
+        elif isinstance(event, KeyChange):
+            kind = "alarm" if own else "warning"
+            text = key_change_warning(user_id, event.old_fp, event.new_fp)
+            if own:
+                text = "ALARM: the identity key of your own user changed on the server: " + text
+            keys.notices.append(Notice(kind, text))
+        try:
+            dev_events = self.trust.observe_device_list(chain[-1])
+            for dev_event in [] if isinstance(event, Pinned) else dev_events:
+                what = {"DeviceAdded": "added", "DeviceRemoved": "removed"}.get(
+                    type(dev_event).__name__, "CHANGED THE KEY OF"
+                )
+                keys.notices.append(
+                    Notice(
+                        "info" if what != "CHANGED THE KEY OF" else "warning",
+                        f"{display(user_id)} {what} device {dev_event.device_id}",
+                    )
+                )
+        except ValueError as e:
+            raise MessengerError(f"device list of {display(user_id)}: {e}") from None
+        if own:
+            for alarm in self.trust.check_own_devices(chain):
+                keys.notices.append(Notice("alarm", _rogue_text(alarm)))
+        self._fetched[user_id] = keys
+        return keys
+
+    def _sender_dk(self, sender: Addr) -> bytes | None:
+        """The DK of ``sender`` from its device list as fetched and verified during this
+        connection (None if not fetched yet or not listed)."""
+        keys = self._fetched.get(sender.user_id)
+        entry = keys.device_list.device(sender.device_id) if keys else None
+        return entry.dk_pub if entry else None
+
+    async def _sender_dk_fetch(self, sender: Addr) -> tuple[bytes | None, list[Notice]]:
+        """As :meth:`_sender_dk`, fetching (once per connection) and verifying the user's keys."""
+        if sender.user_id in self._fetched:
+            return self._sender_dk(sender), []
+        keys = await self.fetch_user(sender.user_id)
+        return self._sender_dk(sender), keys.notices
+
+    async def self_check(self) -> list[Notice]:
+        """Verify our own user's keys (self-monitoring): alarms and warnings only."""
+        keys = await self.fetch_user(self.me.user_id)
+        self.save()
+        return [n for n in keys.notices if n.kind in ("alarm", "warning")]
+
+    def kvd_for(self, peer: str, peer_fp: bytes) -> bytes:
+        return kvd([(self.me.user_id, self.uik.fp), (peer, peer_fp)])
+
+    # verification -------------------------------------------------------------------------
+
+    async def verification(self, user_id: str) -> dict[str, Any]:
+        """Safety number and QR strings for ``user_id`` (fetched and verified now).
+
+        The number is computed with the key the server shows now; ``matches_pin`` says whether
+        that is the pinned key (else a change is pending: see ``momedo trust``)."""
+        keys = await self.fetch_user(user_id)
+        c = self.trust.contact(user_id)
+        assert c is not None
+        theirs = keys.identity
+        number = safety_number(self.me.user_id, self.uik.public, user_id, theirs.uik)
+        return {
+            "user_id": display(user_id),
+            "safety_number": format_safety_number(number),
+            "their_qr": qr_string(user_id, theirs.fp),
+            "my_qr": qr_string(self.me.user_id, self.uik.fp),
+            "their_fp": theirs.fp.hex(),
+            "matches_pin": theirs.fp == c.fp and not c.blocked,
+            "level": c.level.value,
+            "notices": [n.line() for n in keys.notices],
+        }
+
+    # sending ------------------------------------------------------------------------------
+
+    async def prepare_text(self, user_id: str, text: str) -> tuple[Outgoing, list[Notice]]:
+        """Encrypt ``text`` to every device of ``user_id`` and our other devices; saves the
+        advanced chain state before returning (a chain index is never used twice)."""
+        if user_id == self.me.user_id:
+            raise MessengerError("sending to your own user is not supported")
+        content = text.encode()
+        if len(content) > MAX_TEXT_BYTES:
+            raise MessengerError(f"text longer than {MAX_TEXT_BYTES} bytes")
+        peer = await self.fetch_user(user_id)
+        notices = list(peer.notices)
+        if not self.trust.can_send(user_id):
+            self.save()  # keep the pending change: it is reported until accepted
+            c = self.trust.contact(user_id)
+            assert c is not None and c.pending_fp is not None
+            raise KeyChangedError(user_id, c.fp, c.pending_fp)
+        own = await self.fetch_user(self.me.user_id)
+        notices += own.notices
+        now = now_ms()
+        suites = (self.state.suite,)
+        sel = select_devices(peer.device_list, peer.spks, now, suites)
+        own_sel = select_devices(
+            own.device_list, own.spks, now, suites, exclude={self.me.device_id}
+        )
+        if own.identity.fp != self.uik.fp:
+            own_sel = DeviceSelection((), ())  # our user has another identity now: not ours
+        unreachable = tuple(
+            f"{display(u)} device {d}: {why}"
+            for u, s in ((user_id, sel), (self.me.user_id, own_sel))
+            for d, why in s.unreachable
+        )
+        if not sel.targets:
+            raise MessengerError(
+                f"{display(user_id)} has no device this client can encrypt to"
+                + (f" ({'; '.join(unreachable)})" if unreachable else "")
+            )
+        targets = [(user_id, t, peer) for t in sel.targets] + [
+            (self.me.user_id, t, own) for t in own_sel.targets
+        ]
+        names = {_addr_name(u, t.device.device_id) for u, t, _ in targets}
+        conv = dm_conv_id(self.me.user_id, user_id)
+        key = conv.hex()
+        st = self.state.sending.get(key)
+        chain = SendingChain.from_bytes(st.chain) if st else None
+        holders = set(st.holders) if st else set()
+        # A new chain when there is none, when it is old or long, and whenever the set of
+        # devices that hold it differs from the devices to send to (a removed device must not
+        # read on; an added one would only get the current key anyway). ``holders`` is empty
+        # only before the first ACCEPTED of a chain: then its ChainDist simply goes to all.
+        if chain is None or needs_rotation(chain, now) or (holders and holders != names):
+            chain = SendingChain.new(get_suite(self.state.suite), self.me, conv, 0, now, chain)
+            holders = set()
+        msg_id = os.urandom(MSG_ID_LEN)
+        dist = chain.to_dist().encode()
+        recipients: list[f.Recipient] = []
+        new_holders: list[str] = []
+        for uid, target, keys in targets:
+            dev = target.device.device_id
+            name = _addr_name(uid, dev)
+            part = b""
+            if name not in holders:
+                kind, key_id, pub = PREKEY_SPK, target.prekey.key_id, target.prekey.pub
+                claimed = await self.client.key_claim(uid, dev, target.suite)
+                if claimed:
+                    try:
+                        otpk = verify_prekey(claimed, keys.device_list, now, kind=PREKEY_OTPK)
+                        if otpk.device_id == dev and otpk.suite == target.suite:
+                            kind, key_id, pub = PREKEY_OTPK, otpk.key_id, otpk.pub
+                    except E2EError:
+                        pass  # a bad OTPK from the server: fall back to the SPK
+                part = seal(
+                    get_suite(target.suite),
+                    self.me,
+                    self._dk,
+                    Addr(uid, dev),
+                    kind,
+                    key_id,
+                    pub,
+                    now,
+                    msg_id,
+                    ContentType.CHAIN_DIST,
+                    dist,
+                )
+                new_holders.append(name)
+            recipients.append(f.Recipient(uid, dev, part))
+        payload = chain.encrypt(
+            self._dk,
+            now,
+            msg_id,
+            self.kvd_for(user_id, peer.identity.fp),
+            ContentType.TEXT,
+            content,
+        )
+        # Save the advanced chain before anything leaves: an index is never reused. The new
+        # holders are recorded only after ACCEPTED (a lost SEND means a later ChainDist again).
+        self.state.sending[key] = SendingState(chain.to_bytes(), sorted(holders))
+        self.save()
+        out = Outgoing(
+            msg_id,
+            payload,
+            tuple(recipients),
+            tuple(new_holders),
+            key,
+            chain.chain_id,
+            unreachable,
+        )
+        notices += [Notice("warning", f"not delivered to {u}") for u in unreachable]
+        return out, notices
+
+    def sent(self, out: Outgoing, text: str, to: str) -> None:
+        """Record a successful SEND: the new holders of the chain, and the message log."""
+        st = self.state.sending.get(out.conv)
+        if st is not None and SendingChain.from_bytes(st.chain).chain_id == out.chain_id:
+            st.holders = sorted(set(st.holders) | set(out.new_holders))
+        self.state.log.append(
+            {
+                "dir": "out",
+                "to": to,
+                "ts_ms": now_ms(),
+                "msg_id": out.message_id.hex(),
+                "text": text,
+            }
+        )
+        self.save()
+
+    # receiving ----------------------------------------------------------------------------
+
+    def _kem_private(self, suite_id: int, kind: int, key_id: int) -> Any:
+        pool = self.state.spks if kind == PREKEY_SPK else self.state.otpks
+        pk = pool.get(key_id)
+        if pk is None or pk.suite != suite_id:
+            return None
+        return kem_keypair_from_seed(get_suite(suite_id), pk.seed)[0]
+
+    async def _open_seal(self, part: bytes) -> tuple[Any, list[Notice]]:
+        seen: list[Addr] = []
+
+        def record(sender: Addr) -> bytes | None:
+            seen.append(sender)
+            return self._sender_dk(sender)
+
+        try:
+            return open_seal(part, self.me, self._kem_private, record), []
+        except E2EError as e:
+            if e.reason != "unknown_sender" or not seen:
+                raise
+        dk, notices = await self._sender_dk_fetch(seen[0])
+        opened = open_seal(part, self.me, self._kem_private, lambda _s: dk)
+        return opened, notices
+
+    def _peer_of(self, conv_id: bytes, sender: str) -> str | None:
+        if sender != self.me.user_id:
+            return sender
+        for c in self.trust.contacts:
+            if c.user_id != self.me.user_id and dm_conv_id(self.me.user_id, c.user_id) == conv_id:
+                return c.user_id
+        return None
+
+    async def handle(self, ev: f.Deliver) -> list[Event]:
+        """Process one DELIVER (not yet acked). Changes ``self.state``; the caller saves it
+        and then acks. An envelope that cannot be opened gives one ``undecryptable`` notice."""
+        mid = ev.message_id.hex()
+        if mid in self.state.seen:
+            return []  # a redelivery of something already processed
+        now = now_ms()
+        notices: list[Notice] = []
+        sender_hint = "an unknown sender"
+        try:
+            if ev.part:
+                opened, more = await self._open_seal(ev.part)
+                notices += more
+                sender_hint = f"{display(opened.sender.user_id)} (device {opened.sender.device_id})"
+                if opened.content_type != ContentType.CHAIN_DIST:
+                    raise E2EError(reason="content_type")
+                self.state.guard.accept(opened.sender, opened.msg_id, opened.ts_ms, now)
+                if opened.key_kind == PREKEY_OTPK:
+                    self.state.otpks.pop(opened.key_id, None)
+                dist = ChainDist.decode(opened.content)
+                self._install(dist, opened.sender, opened.suite)
+            _suite, chain_id, _n = peek_chain(ev.payload)
+            raw = self.state.receiving.get(chain_id.hex())
+            if raw is None:
+                raise E2EError(reason="chain_id")
+            rc = ReceivingChain.from_bytes(raw)
+            sender_hint = f"{display(rc.owner.user_id)} (device {rc.owner.device_id})"
+            dk, more = await self._sender_dk_fetch(rc.owner)
+            notices += more
+            if dk is None:
+                raise E2EError(reason="unknown_sender")
+            conv = rc.decrypt(ev.payload, dk, now)
+            if conv.msg_id != ev.message_id:
+                raise E2EError(reason="malformed")
+            self.state.receiving[chain_id.hex()] = rc.to_bytes()
+        except (E2EError, MessengerError) as e:
+            reason = e.reason if isinstance(e, E2EError) else str(e)
+            self.state.seen[mid] = now
+            return [
+                *notices,
+                Notice(
+                    "undecryptable",
+                    f"could not decrypt a message from {sender_hint} ({reason})",
+                ),
+            ]
+        self.state.seen[mid] = now
+        sender = conv.sender
+        peer = self._peer_of(conv.conv_id, sender.user_id)
+        warnings: list[str] = []
+        if peer is not None:
+            c = self.trust.contact(peer)
+            if c is not None:
+                if c.blocked:
+                    warnings.append(f"identity key of {display(peer)} changed: not accepted yet")
+                elif conv.kvd != self.kvd_for(peer, c.fp):
+                    warnings.append("the sender sees other identity keys than you (KVD differs)")
+        if conv.content_type == ContentType.TEXT:
+            text = conv.content.decode("utf-8", errors="replace")
+        else:
+            text = f"(content type {conv.content_type}, not shown by this client)"
+        msg = Message(
+            sender.user_id,
+            sender.device_id,
+            peer,
+            sender.user_id == self.me.user_id,
+            conv.ts_ms,
+            mid,
+            text,
+            tuple(warnings),
+        )
+        self.state.log.append({"dir": "in", **{k: v for k, v in msg.json().items() if k != "type"}})
+        return [*notices, msg]
+
+    def _install(self, dist: ChainDist, owner: Addr, suite_id: int) -> None:
+        own = owner.user_id == self.me.user_id
+        if not own and dist.conv_id != dm_conv_id(self.me.user_id, owner.user_id):
+            raise E2EError(reason="conv_id")
+        key = dist.chain_id.hex()
+        old = self.state.receiving.get(key)
+        if old is not None:
+            if ReceivingChain.from_bytes(old).owner != owner:
+                raise E2EError(reason="chain_id")
+            return  # already have it (a redistribution): keep our position
+        rc = ReceivingChain.from_dist(dist, owner, suite_id)
+        self.state.receiving[key] = rc.to_bytes()
+
+    def prune(self) -> None:
+        now = now_ms()
+        self.state.guard.prune(now)
+        self.state.seen = {k: v for k, v in self.state.seen.items() if v >= now - SEEN_KEEP_MS}
+        for key, raw in list(self.state.receiving.items()):
+            rc = ReceivingChain.from_bytes(raw)
+            if rc.expire_skipped(now):
+                self.state.receiving[key] = rc.to_bytes()
+
+    async def receive(
+        self,
+        on_event: Callable[[Event], Awaitable[None] | None],
+        *,
+        wait: float | None = 0.0,
+    ) -> int:
+        """Process deliveries: each is handled, the state saved, then acked, then reported.
+
+        ``wait`` = seconds to keep listening after DRAINED (None: forever). Returns the number
+        of deliveries processed.
+        """
+        count = 0
+        deadline: float | None = None
+        for notice in await self.self_check():
+            res = on_event(notice)
+            if res is not None:
+                await res
+        while True:
+            timeout = None
+            if deadline is not None:
+                timeout = deadline - trio.current_time()
+                if timeout <= 0:
+                    break
+            try:
+                ev = await self.client.receive(timeout)
+            except trio.TooSlowError:
+                break
+            if isinstance(ev, f.Drained):
+                if wait is not None:
+                    deadline = trio.current_time() + wait
+                continue
+            events = await self.handle(ev)
+            self.save()
+            await self.client.ack([ev.seq])
+            count += 1
+            for event in events:
+                res = on_event(event)
+                if res is not None:
+                    await res
+        self.prune()
+        self.save()
+        return count
+
+
+def _rogue_text(alarm: RogueDevice) -> str:
+    why = "was not added by any of your devices"
+    if alarm.reason != "not added by me":
+        why = alarm.reason
+    return f"ALARM: device {alarm.device_id} on your device list (version {alarm.version}) {why}"
+
+
+# -- whole operations with a connection (used by the CLI) ------------------------------------
+
+
+async def send_text(profile: Profile, user_id: str, text: str) -> tuple[Outgoing, list[Notice]]:
+    """Connect, prepare and SEND; on a lost connection retry with the same message_id."""
+    creds = profile.credentials()
+    state = profile.load_state()
+    out: Outgoing | None = None
+    notices: list[Notice] = []
+    last: ClientError | None = None
+    for _attempt in range(SEND_ATTEMPTS):
+        try:
+            async with transport_connect(creds) as client:
+                m = Messenger(profile, client, state)
+                if out is None:
+                    out, notices = await m.prepare_text(user_id, text)
+                await client.send(out.message_id, out.payload, out.recipients)
+                m.sent(out, text, user_id)
+                return out, notices
+        except ServerError:
+            raise
+        except ClientError as e:
+            if out is None:
+                raise
+            last = e
+            await trio.sleep(0.5)
+    assert last is not None
+    raise last
+
+
+async def receive(
+    profile: Profile,
+    on_event: Callable[[Event], Awaitable[None] | None],
+    *,
+    wait: float | None = 0.0,
+) -> int:
+    creds = profile.credentials()
+    state = profile.load_state()
+    async with transport_connect(creds) as client:
+        return await Messenger(profile, client, state).receive(on_event, wait=wait)
+
+
+async def with_messenger(profile: Profile, fn: Callable[[Messenger], Awaitable[Any]]) -> Any:
+    creds = profile.credentials()
+    state = profile.load_state()
+    async with transport_connect(creds) as client:
+        return await fn(Messenger(profile, client, state))

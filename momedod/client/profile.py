@@ -1,0 +1,234 @@
+"""The client profile directory: transport credentials and the end-to-end state.
+
+Layout (every file mode 0600, written atomically: temporary file, fsync, rename):
+
+* ``transport.json`` -- :class:`~momedod.client.transport.Credentials` (server, pin, address,
+  transport key seed);
+* ``e2e.json`` -- :class:`E2EState`: key seeds, prekey seeds, the trust store, the Seal replay
+  guard, conversation chains, seen message IDs and a short message log (see
+  docs/E2E.md, "The client");
+* ``lock`` -- an empty file locked with ``flock`` while a command uses the profile.
+
+The directory must not be accessible to other users (mode 0700); :func:`open_profile` refuses
+one that is. Secrets are stored unencrypted: the protection is the file mode.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from momedod.client.transport import Credentials
+from momedod.e2e.seal import SealReplayGuard
+from momedod.e2e.trust import TrustStore
+
+CREDENTIALS = "transport.json"
+STATE = "e2e.json"
+LOCK = "lock"
+STATE_FORMAT = 1
+LOG_KEEP = 200
+
+
+class ProfileError(Exception):
+    """The profile directory is missing, unsafe, busy or corrupt."""
+
+
+def default_profile() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "momedo"
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically with mode 0600."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+@dataclass
+class Prekey:
+    """A private prekey: its KEM seed, suite and expiry (as published)."""
+
+    seed: bytes
+    suite: int
+    not_after_ms: int = 0
+
+
+@dataclass
+class SendingState:
+    """Our sending chain in one conversation and the devices that already hold it."""
+
+    chain: bytes  # SendingChain.to_bytes()
+    holders: list[str] = field(default_factory=list)  # "USERID/device" that got the ChainDist
+
+
+@dataclass
+class E2EState:
+    """Everything secret or stateful of the end-to-end layer (``e2e.json``)."""
+
+    suite: int
+    uik_seed: bytes
+    dk_seed: bytes
+    spk_id: int
+    spks: dict[int, Prekey]
+    otpks: dict[int, Prekey]
+    next_key_id: int
+    trust: TrustStore
+    guard: SealReplayGuard
+    sending: dict[str, SendingState] = field(default_factory=dict)  # conv_id hex -> state
+    receiving: dict[str, bytes] = field(default_factory=dict)  # chain_id hex -> state bytes
+    seen: dict[str, int] = field(default_factory=dict)  # message_id hex -> ts_ms processed
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        doc = {
+            "format": STATE_FORMAT,
+            "suite": self.suite,
+            "uik_seed": self.uik_seed.hex(),
+            "dk_seed": self.dk_seed.hex(),
+            "spk_id": self.spk_id,
+            "spks": {str(k): _prekey_json(v) for k, v in sorted(self.spks.items())},
+            "otpks": {str(k): _prekey_json(v) for k, v in sorted(self.otpks.items())},
+            "next_key_id": self.next_key_id,
+            "trust": json.loads(self.trust.to_json()),
+            "replay_guard": self.guard.to_bytes().hex(),
+            "sending": {
+                c: {"chain": s.chain.hex(), "holders": sorted(s.holders)}
+                for c, s in sorted(self.sending.items())
+            },
+            "receiving": {c: s.hex() for c, s in sorted(self.receiving.items())},
+            "seen": dict(sorted(self.seen.items())),
+            "log": self.log[-LOG_KEEP:],
+        }
+        return json.dumps(doc, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> E2EState:
+        try:
+            doc = json.loads(data)
+            if doc["format"] != STATE_FORMAT:
+                raise ValueError(f"unsupported state format {doc['format']!r}")
+            return cls(
+                suite=int(doc["suite"]),
+                uik_seed=bytes.fromhex(doc["uik_seed"]),
+                dk_seed=bytes.fromhex(doc["dk_seed"]),
+                spk_id=int(doc["spk_id"]),
+                spks={int(k): _prekey_from(v) for k, v in doc["spks"].items()},
+                otpks={int(k): _prekey_from(v) for k, v in doc["otpks"].items()},
+                next_key_id=int(doc["next_key_id"]),
+                trust=TrustStore.from_json(json.dumps(doc["trust"])),
+                guard=SealReplayGuard.from_bytes(bytes.fromhex(doc["replay_guard"])),
+                sending={
+                    c: SendingState(bytes.fromhex(s["chain"]), list(s["holders"]))
+                    for c, s in doc["sending"].items()
+                },
+                receiving={c: bytes.fromhex(s) for c, s in doc["receiving"].items()},
+                seen={str(k): int(v) for k, v in doc["seen"].items()},
+                log=list(doc["log"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ProfileError(f"corrupt end-to-end state: {exc}") from None
+
+
+def _prekey_json(p: Prekey) -> dict[str, Any]:
+    return {"seed": p.seed.hex(), "suite": p.suite, "not_after_ms": p.not_after_ms}
+
+
+def _prekey_from(v: dict[str, Any]) -> Prekey:
+    return Prekey(bytes.fromhex(v["seed"]), int(v["suite"]), int(v["not_after_ms"]))
+
+
+class Profile:
+    """An opened profile directory. Use :meth:`locked` around every read-modify-write."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def credentials_path(self) -> Path:
+        return self.path / CREDENTIALS
+
+    @property
+    def state_path(self) -> Path:
+        return self.path / STATE
+
+    def enrolled(self) -> bool:
+        return self.credentials_path.exists()
+
+    def has_e2e(self) -> bool:
+        return self.state_path.exists()
+
+    def credentials(self) -> Credentials:
+        try:
+            return Credentials.load(self.credentials_path)
+        except FileNotFoundError:
+            raise ProfileError(f"no enrolled device in {self.path}") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProfileError(f"corrupt {self.credentials_path}: {exc}") from None
+
+    def save_credentials(self, creds: Credentials) -> None:
+        creds.save(self.credentials_path)
+        os.chmod(self.credentials_path, 0o600)
+
+    def load_state(self) -> E2EState:
+        try:
+            data = self.state_path.read_bytes()
+        except FileNotFoundError:
+            raise ProfileError(
+                f"{self.path} has no end-to-end keys (enrolled with an older client?)"
+            ) from None
+        return E2EState.from_json(data)
+
+    def save_state(self, state: E2EState) -> None:
+        write_private(self.state_path, state.to_json())
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the profile lock (exclusive, non-blocking: a second process gets an error)."""
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ProfileError(
+                    f"{self.path} is in use by another momedo process (e.g. `momedo listen`)"
+                ) from None
+            yield
+        finally:
+            os.close(fd)
+
+
+def open_profile(path: Path, *, create: bool = False) -> Profile:
+    """Open (or create, mode 0700) a profile directory; refuse one others can access."""
+    if create:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not path.is_dir():
+        raise ProfileError(f"no profile at {path} — enroll first: momedo enroll LINK")
+    if stat.S_IMODE(path.stat().st_mode) & 0o077:
+        raise ProfileError(f"{path} is accessible by other users; run: chmod 700 {path}")
+    for name in (CREDENTIALS, STATE):
+        p = path / name
+        if p.exists() and stat.S_IMODE(p.stat().st_mode) & 0o077:
+            raise ProfileError(f"{p} is readable by other users; run: chmod 600 {p}")
+    return Profile(path)

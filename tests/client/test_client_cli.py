@@ -1,0 +1,157 @@
+"""The real ``momedo`` console script against a real ``momedod`` process (issue acceptance 1)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+from pathlib import Path
+
+from support import VENV_BIN, DaemonProcess, admin_call, free_port
+
+from momedod.protocol.userid import normalize
+
+
+def momedo(profile: Path, *args: str, json_out: bool = False) -> subprocess.CompletedProcess[str]:
+    cmd = [str(VENV_BIN / "momedo"), "--profile", str(profile)]
+    if json_out:
+        cmd.append("--json")
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=60)
+
+
+def ok(res: subprocess.CompletedProcess[str]) -> str:
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    return res.stdout
+
+
+def test_cli_two_users_send_recv_and_server_sees_no_plaintext(tmp_path):
+    proc = DaemonProcess(tmp_path, free_port())
+    proc.start()
+    marker = "CLI-MARKER-" + secrets.token_hex(8)
+    try:
+        users = {}
+        for name in ("Alice", "Bob"):
+            link = admin_call(proc.socket, "user.add", name=name)["invite"]["link"]
+            prof = tmp_path / name.lower()
+            out = json.loads(ok(momedo(prof, "enroll", link, "--name", name, json_out=True)))
+            users[name] = (prof, out["user_id"])
+            assert out["qr"].startswith("MOMEDO1:" + normalize(out["user_id"]))
+        (alice, a_id), (bob, b_id) = users["Alice"], users["Bob"]
+
+        ok(momedo(alice, "send", b_id, f"hello {marker}"))
+        ok(momedo(alice, "send", b_id, "second"))
+        out = ok(momedo(bob, "recv"))
+        assert out.splitlines() == [
+            f"{a_id} (device 1): hello {marker}",
+            f"{a_id} (device 1): second",
+        ]
+        assert ok(momedo(bob, "recv")) == ""  # acked
+
+        ok(momedo(bob, "send", a_id, f"reply {marker}"))
+        lines = ok(momedo(alice, "recv", "--wait", "0.2", json_out=True)).splitlines()
+        got = [json.loads(x) for x in lines]
+        assert [(g["type"], g["text"]) for g in got] == [("message", f"reply {marker}")]
+
+        contacts = json.loads(ok(momedo(alice, "contacts", json_out=True)))["contacts"]
+        assert [(c["user_id"], c["level"]) for c in contacts] == [(b_id, "unverified")]
+
+        va = json.loads(ok(momedo(alice, "verify", b_id, json_out=True)))
+        vb = json.loads(ok(momedo(bob, "verify", a_id, json_out=True)))
+        assert va["safety_number"] == vb["safety_number"]
+        assert va["their_qr"] == vb["my_qr"] and vb["their_qr"] == va["my_qr"]
+        ok(momedo(alice, "trust", b_id, "--qr", va["their_qr"]))
+        contacts = json.loads(ok(momedo(alice, "contacts", json_out=True)))["contacts"]
+        assert contacts[0]["level"] == "verified"
+
+        devs = json.loads(ok(momedo(alice, "devices", json_out=True)))
+        assert [d["device_id"] for d in devs["devices"]] == [1]
+        assert devs["signed_by_my_identity"] and devs["notices"] == []
+        who = json.loads(ok(momedo(alice, "whoami", json_out=True)))
+        assert who["user_id"] == a_id and who["device_id"] == 1
+    finally:
+        proc.stop()
+    log = proc.log_path.read_bytes()
+    assert marker.encode() not in log
+    for path in proc.state.rglob("*"):
+        if path.is_file():
+            assert marker.encode() not in path.read_bytes(), f"plaintext marker in {path}"
+
+
+def test_cli_key_change_blocks_send_until_trust(tmp_path):
+    proc = DaemonProcess(tmp_path, free_port())
+    proc.start()
+    try:
+        out = admin_call(proc.socket, "user.add", name="Alice")
+        ok(momedo(tmp_path / "alice", "enroll", out["invite"]["link"]))
+        a_id = out["user"]["user_id"]
+        out = admin_call(proc.socket, "user.add", name="Bob")
+        b_id = out["user"]["user_id"]
+        ok(momedo(tmp_path / "bob", "enroll", out["invite"]["link"]))
+        ok(momedo(tmp_path / "alice", "send", b_id, "hi"))
+
+        link = admin_call(proc.socket, "user.invite", user_id=b_id)["invite"]["link"]
+        res = momedo(tmp_path / "bob2", "enroll", link)
+        assert "already had an identity key" in ok(res) + res.stderr
+
+        res = momedo(tmp_path / "alice", "send", b_id, "secret")
+        assert res.returncode == 3 and "CHANGED" in res.stderr and "momedo trust" in res.stderr
+        res = momedo(tmp_path / "alice", "send", b_id, "secret")
+        assert res.returncode == 3
+        contacts = json.loads(ok(momedo(tmp_path / "alice", "contacts", json_out=True)))
+        assert contacts["contacts"][0]["key_changed"] is True
+        ok(momedo(tmp_path / "alice", "trust", b_id))
+        ok(momedo(tmp_path / "alice", "send", b_id, "after trust"))
+        assert ok(momedo(tmp_path / "bob2", "recv")).splitlines() == [
+            f"{a_id} (device 1): after trust"
+        ]
+    finally:
+        proc.stop()
+
+
+def test_cli_refuses_profile_readable_by_others(tmp_path):
+    prof = tmp_path / "p"
+    prof.mkdir(mode=0o755)
+    prof.chmod(0o755)
+    res = momedo(prof, "whoami")
+    assert res.returncode == 1 and "chmod 700" in res.stderr
+
+
+def test_cli_listen_prints_messages_as_they_arrive(tmp_path):
+    import signal
+    import time
+
+    proc = DaemonProcess(tmp_path, free_port())
+    proc.start()
+    try:
+        ids = {}
+        for name in ("alice", "bob"):
+            out = admin_call(proc.socket, "user.add", name=name)
+            ok(momedo(tmp_path / name, "enroll", out["invite"]["link"]))
+            ids[name] = out["user"]["user_id"]
+        listener = subprocess.Popen(
+            [str(VENV_BIN / "momedo"), "--profile", str(tmp_path / "bob"), "--json", "listen"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            time.sleep(1.0)
+            ok(momedo(tmp_path / "alice", "send", ids["bob"], "live one"))
+            ok(momedo(tmp_path / "alice", "send", ids["bob"], "live two"))
+            assert listener.stdout is not None
+            lines: list[dict[str, object]] = []
+            while len(lines) < 2:  # notices (e.g. "pinned ... first use") are lines too
+                event = json.loads(listener.stdout.readline())
+                if event["type"] == "message":
+                    lines.append(event)
+            assert [x["text"] for x in lines] == ["live one", "live two"]
+            assert lines[0]["from"] == ids["alice"]
+        finally:
+            listener.send_signal(signal.SIGINT)
+            _out, err = listener.communicate(timeout=20)
+        assert listener.returncode in (0, 130), err
+        assert "Traceback" not in err
+        assert ok(momedo(tmp_path / "bob", "recv")) == ""  # both were stored and acked
+    finally:
+        proc.stop()
