@@ -268,6 +268,12 @@ class Client:
         assert isinstance(reply, f.Prekey)
         return reply.record or None
 
+    async def link_invite(self, ttl_seconds: int) -> tuple[str, int]:
+        """A one-time invite code for a further device of this user: (code, expires_ms)."""
+        reply = await self.request(f.LinkInvite(self.next_id(), ttl_seconds))
+        assert isinstance(reply, f.LinkCode)
+        return reply.invite_code, reply.expires_ms
+
     @property
     def failure(self) -> ClientError | None:
         return self._failure

@@ -56,6 +56,8 @@ from .frames import (
     KeyGet,
     KeyPut,
     Keys,
+    LinkCode,
+    LinkInvite,
     Ok,
     Ping,
     Pong,
@@ -93,9 +95,11 @@ class State(Enum):
 
 
 _SENDERS: dict[Role, frozenset[type[Frame]]] = {
-    Role.CLIENT: frozenset({Hello, Enroll, Auth, Send, Ack, KeyPut, KeyGet, KeyClaim, Ping, Pong}),
+    Role.CLIENT: frozenset(
+        {Hello, Enroll, Auth, Send, Ack, KeyPut, KeyGet, KeyClaim, LinkInvite, Ping, Pong}
+    ),
     Role.SERVER: frozenset(
-        {Welcome, AuthOk, Error, Ok, Accepted, Deliver, Drained, Keys, Prekey, Ping, Pong}
+        {Welcome, AuthOk, Error, Ok, Accepted, Deliver, Drained, Keys, Prekey, LinkCode, Ping, Pong}
     ),
 }
 
@@ -108,8 +112,10 @@ _HANDSHAKE: dict[tuple[Role, State, type[Frame]], State] = {
 }
 
 _READY: dict[Role, frozenset[type[Frame]]] = {
-    Role.CLIENT: frozenset({Send, Ack, KeyPut, KeyGet, KeyClaim, Ping, Pong}),
-    Role.SERVER: frozenset({Accepted, Deliver, Drained, Ok, Error, Keys, Prekey, Ping, Pong}),
+    Role.CLIENT: frozenset({Send, Ack, KeyPut, KeyGet, KeyClaim, LinkInvite, Ping, Pong}),
+    Role.SERVER: frozenset(
+        {Accepted, Deliver, Drained, Ok, Error, Keys, Prekey, LinkCode, Ping, Pong}
+    ),
 }
 
 # request_id must be 0 for these (frames the server sends unasked) ...
@@ -119,7 +125,10 @@ _ZERO_ID: frozenset[tuple[Role, type[Frame]]] = frozenset(
 # ... and non-zero for requests and their replies (a non-fatal ERROR is a reply, too).
 _NONZERO_ID: frozenset[tuple[Role, type[Frame]]] = frozenset(
     {(Role.CLIENT, kind) for kind in _SENDERS[Role.CLIENT] - {Pong}}
-    | {(Role.SERVER, kind) for kind in (Welcome, AuthOk, Accepted, Ok, Keys, Prekey, Pong)}
+    | {
+        (Role.SERVER, kind)
+        for kind in (Welcome, AuthOk, Accepted, Ok, Keys, Prekey, LinkCode, Pong)
+    }
 )
 
 _OTHER = {Role.CLIENT: Role.SERVER, Role.SERVER: Role.CLIENT}

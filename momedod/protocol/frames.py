@@ -55,6 +55,8 @@ __all__ = [
     "KeyGet",
     "KeyPut",
     "Keys",
+    "LinkCode",
+    "LinkInvite",
     "Ok",
     "Ping",
     "Pong",
@@ -127,6 +129,8 @@ class FrameType(IntEnum):
     KEYS = 0x22
     KEY_CLAIM = 0x23
     PREKEY = 0x24
+    LINK_INVITE = 0x30
+    LINK_CODE = 0x31
 
 
 # -- field helpers -----------------------------------------------------------------------
@@ -596,6 +600,39 @@ class Prekey:
         return cls(request_id, r.bytes_(MAX_U32, "record"))
 
 
+@dataclass(frozen=True, slots=True)
+class LinkInvite:
+    """LINK_INVITE (client to server): a one-time invite for a further device of my user."""
+
+    request_id: int
+    ttl_seconds: int
+    TYPE: ClassVar[int] = FrameType.LINK_INVITE
+
+    def _write(self, w: Writer) -> None:
+        w.u32(self.ttl_seconds)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> LinkInvite:
+        return cls(request_id, r.u32("ttl_seconds"))
+
+
+@dataclass(frozen=True, slots=True)
+class LinkCode:
+    """LINK_CODE (server to client): the invite code for the new device and its expiry."""
+
+    request_id: int
+    invite_code: str
+    expires_ms: int
+    TYPE: ClassVar[int] = FrameType.LINK_CODE
+
+    def _write(self, w: Writer) -> None:
+        w.string(self.invite_code, MAX_INVITE_CODE).u64(self.expires_ms)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> LinkCode:
+        return cls(request_id, r.string(MAX_INVITE_CODE, "invite_code"), r.u64("expires_ms"))
+
+
 Frame: TypeAlias = (
     Hello
     | Welcome
@@ -616,6 +653,8 @@ Frame: TypeAlias = (
     | Keys
     | KeyClaim
     | Prekey
+    | LinkInvite
+    | LinkCode
 )
 """Any frame of protocol v1."""
 
@@ -641,6 +680,8 @@ FRAME_CLASSES: dict[int, type[Frame]] = {
         Keys,
         KeyClaim,
         Prekey,
+        LinkInvite,
+        LinkCode,
     )
 }
 """Frame class by type byte."""

@@ -62,6 +62,8 @@ PROTOCOL_VERSION = 1
 OUTBOX_FRAMES = 64
 DELIVERY_WINDOW = 256  # DELIVER frames in flight before the client must ACK (sent in WELCOME)
 LIVE_MAX = 1024  # offered entries held in memory; beyond that the pump reads the store
+LINK_TTL_MIN = 60  # seconds a LINK_INVITE code may live, at least ...
+LINK_TTL_MAX = 3600  # ... and at most
 FETCH_BATCH = 64
 RECV_BYTES = 65536
 FINAL_SEND_TIMEOUT = 2.0
@@ -111,6 +113,8 @@ _KIND: dict[type, str] = {
         f.Keys,
         f.KeyClaim,
         f.Prekey,
+        f.LinkInvite,
+        f.LinkCode,
     )
 }
 
@@ -414,6 +418,8 @@ class Session:
                 )
                 return
             await self._send(f.Prekey(frame.request_id, record or b""))
+        elif isinstance(frame, f.LinkInvite):
+            await self._on_link_invite(frame)
         elif isinstance(frame, f.Hello):
             await self._on_hello(frame)
         elif isinstance(frame, f.Auth):
@@ -570,6 +576,14 @@ class Session:
         self.ctx.presence.deliver(
             result, frame.message_id, frame.payload, [r.part for r in frame.recipients]
         )
+
+    async def _on_link_invite(self, frame: f.LinkInvite) -> None:
+        # A device invites a further device of its own user (the end-to-end layer then links
+        # it with a signed device list); the code replaces the user's older unused invites.
+        ttl = min(max(frame.ttl_seconds, LINK_TTL_MIN), LINK_TTL_MAX)
+        invite = await self.ctx.store.new_invite(self.addr[0], now_ms(), ttl * 1000)
+        self._log.info("device.link_invite", ttl_s=ttl)
+        await self._send(f.LinkCode(frame.request_id, invite.code, invite.expires_ms))
 
     async def _on_key_put(self, frame: f.KeyPut) -> None:
         rid, (uid, did) = frame.request_id, self.addr

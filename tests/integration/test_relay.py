@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 from support import new_message_id
 
@@ -312,3 +313,29 @@ async def test_out_of_order_offers_are_delivered_in_seq_order(server):
         with trio.move_on_after(0.3) as quiet:
             await b.receive()
         assert quiet.cancelled_caught
+
+
+async def test_link_invite_adds_a_device_of_the_same_user(server):
+    from momedod.client.transport import ServerError, connect_invite
+    from momedod.protocol.errors import ErrorCode
+    from momedod.protocol.invite import InviteLink
+
+    alice = await server.enroll("Alice")
+    _uid, pending = await server.add_user("Ben")  # someone else's invite stays untouched
+    async with connect(alice) as a:
+        start = server.daemon.now_ms()
+        code, expires = await a.link_invite(5)  # clamped up to one minute
+        assert 60_000 <= expires - start <= 61_000 + 1000
+        code2, _ = await a.link_invite(600)
+    host, port = server.address
+    old = str(InviteLink(host, port, code, server.fingerprint))
+    with pytest.raises(ServerError) as err:
+        async with connect_invite(old, "stale"):
+            pass
+    assert err.value.code == ErrorCode.INVITE_INVALID  # the newer code replaced it
+    new = str(InviteLink(host, port, code2, server.fingerprint))
+    async with connect_invite(new, "tablet") as (_c, tablet):
+        pass
+    assert (tablet.user_id, tablet.device_id) == (alice.user_id, 2)
+    async with connect_invite(pending, "ben-phone") as (_c, ben):
+        assert ben.device_id == 1

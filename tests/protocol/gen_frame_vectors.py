@@ -39,6 +39,8 @@ from momedod.protocol.frames import (
     KeyGet,
     KeyPut,
     Keys,
+    LinkCode,
+    LinkInvite,
     Ok,
     Ping,
     Pong,
@@ -232,6 +234,8 @@ def frame_vectors() -> list[tuple[str, Frame]]:
         ("key_claim", KeyClaim(14, USER_ID, 1, 2)),
         ("prekey", Prekey(14, recs["otpk"])),
         ("prekey_none_left", Prekey(14, b"")),
+        ("link_invite", LinkInvite(15, 600)),
+        ("link_code", LinkCode(15, INVITE_CODE, 1_764_000_600_000)),
     ]
 
 
@@ -251,7 +255,7 @@ def must_fail_vectors() -> list[tuple[str, bytes, ErrorCode]]:
             struct.pack(">I", 1_048_577) + b"\x01",
             ErrorCode.FRAME_TOO_LARGE,
         ),
-        ("unknown_type_0x30", raw_frame(0x30, 1, b""), ErrorCode.UNKNOWN_FRAME_TYPE),
+        ("unknown_type_0x40", raw_frame(0x40, 1, b""), ErrorCode.UNKNOWN_FRAME_TYPE),
         ("unknown_type_0x00", raw_frame(0x00, 1, b""), ErrorCode.UNKNOWN_FRAME_TYPE),
         ("hello_truncated", raw_frame(0x01, 1, hello_body[:-1]), m),
         ("hello_trailing_byte", raw_frame(0x01, 1, hello_body + b"\x00"), m),
