@@ -1,7 +1,8 @@
 """``momedo``: the reference client's command line, a thin layer over
 :mod:`momedod.client.messenger` (end-to-end encrypted 1:1 chats).
 
-Commands: enroll, whoami, status, send, recv, listen, contacts, verify, trust, devices.
+Commands: enroll, whoami, status, send, recv, listen, contacts, verify, trust, devices
+(``devices remove ID``), link new, link accept.
 ``--profile DIR`` selects the profile (default ``~/.local/share/momedo``); ``--json`` prints
 machine-readable output (``recv``/``listen``: one JSON object per line).
 """
@@ -19,11 +20,11 @@ from typing import Any
 
 import trio
 
+from momedod.client import linking
 from momedod.client import messenger as m
 from momedod.client.profile import Profile, ProfileError, default_profile, open_profile
 from momedod.client.transport import ClientError, Credentials, connect
 from momedod.e2e.errors import E2EError
-from momedod.e2e.identity import UserIdentityKey
 from momedod.e2e.safety import parse_qr, qr_string
 from momedod.e2e.trust import QrMismatch
 from momedod.protocol.frames import Drained
@@ -58,6 +59,18 @@ async def _status(creds: Credentials) -> Out:
     }
 
 
+def _suites_arg(text: str) -> tuple[int, ...]:
+    try:
+        suites = tuple(sorted({int(x, 0) for x in text.split(",") if x.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of suite numbers: {text!r}") from None
+    bad = [x for x in suites if x not in m.SUPPORTED_SUITES]
+    if not suites or bad:
+        ok = ",".join(str(x) for x in m.SUPPORTED_SUITES)
+        raise argparse.ArgumentTypeError(f"suites must be some of {ok}, got {text!r}")
+    return suites
+
+
 def _print(out: Out, as_json: bool) -> None:
     if as_json:
         print(json.dumps(out))
@@ -89,10 +102,12 @@ def _whoami(profile: Profile) -> Out:
     }
     if profile.has_e2e():
         state = profile.load_state()
-        uik = UserIdentityKey(state.uik_seed, state.suite)
+        uik = state.uik_public()
         out["identity_fingerprint"] = uik.fp.hex()
         out["qr"] = qr_string(creds.user_id, uik.fp)
+        out["manager"] = state.uik_seed is not None
         out["suite"] = f"0x{state.suite:04x}"
+        out["suites"] = " ".join(f"0x{x:04x}" for x in sorted(state.device_suites))
     return out
 
 
@@ -126,6 +141,8 @@ async def _trust(msgr: m.Messenger, user_id: str, qr: str | None) -> Out:
     notices = [n.line() for n in (await msgr.fetch_user(user_id)).notices]
     c = msgr.trust.contact(user_id)
     assert c is not None
+    lowered = msgr.accept_suites(user_id)  # a suite downgrade is accepted by `trust` too
+    lowered_text = "accepted the lower suite of device " + ", ".join(str(d) for d in lowered)
     if qr is not None:
         try:
             q_uid, q_fp = parse_qr(qr)
@@ -144,9 +161,13 @@ async def _trust(msgr: m.Messenger, user_id: str, qr: str | None) -> Out:
     elif c.blocked:
         msgr.trust.accept(user_id)
         action = "accepted the new identity key (unverified; compare: momedo verify)"
+    elif lowered:
+        action = lowered_text
     else:
         msgr.trust.mark_verified(user_id)
         action = "marked verified (you compared the safety number)"
+    if lowered and action != lowered_text:
+        action += "; " + lowered_text
     msgr.save()
     c = msgr.trust.contact(user_id)
     assert c is not None
@@ -177,7 +198,7 @@ async def _devices(msgr: m.Messenger) -> Out:
     return {
         "user_id": display(msgr.me.user_id),
         "device_list_version": dl.version,
-        "signed_by_my_identity": dl.signer_fp == msgr.uik.fp,
+        "signed_by_my_identity": dl.signer_fp == msgr.uik_pub.fp,
         "devices": rows,
         "notices": _notices(keys.notices),
     }
@@ -235,6 +256,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("enroll", help="enroll this device with an invite link")
     p.add_argument("link")
     p.add_argument("--name", default=socket.gethostname(), help="device name")
+    p.add_argument(
+        "--suites",
+        type=_suites_arg,
+        default=(m.SUPPORTED_SUITES[0],),
+        help="suites this device lists, e.g. 2,3 or 3 (default: 2); the identity key uses "
+        "the highest",
+    )
     sub.add_parser("whoami", help="this device's user ID, server and identity fingerprint")
     sub.add_parser("status", help="log in and count waiting messages (without taking them)")
     p = sub.add_parser("send", help="send an end-to-end encrypted text message")
@@ -251,7 +279,28 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("trust", help="accept a changed identity key, or mark a contact verified")
     p.add_argument("user_id")
     p.add_argument("--qr", help="the contact's scanned QR string (MOMEDO1:…)")
-    sub.add_parser("devices", help="your user's device list as the server has it (verified)")
+    p = sub.add_parser("devices", help="your user's device list as the server has it (verified)")
+    dsub = p.add_subparsers(dest="devices_cmd")
+    dp = dsub.add_parser("remove", help="publish a device list without DEVICE_ID (manager)")
+    dp.add_argument("device_id", type=int)
+    p = sub.add_parser("link", help="link a further device to your user")
+    lsub = p.add_subparsers(dest="link_cmd", required=True)
+    lp = lsub.add_parser("new", help="on an existing device: print a link string and wait")
+    lp.add_argument(
+        "--wait",
+        type=float,
+        default=linking.LINK_WAIT_S,
+        help="seconds to wait for the new device (default %(default)s)",
+    )
+    lp = lsub.add_parser("accept", help="on the new device: link with the string from `link new`")
+    lp.add_argument("code")
+    lp.add_argument("--name", default=socket.gethostname(), help="device name")
+    lp.add_argument(
+        "--wait",
+        type=float,
+        default=linking.LINK_WAIT_S,
+        help="seconds to wait for the existing device (default %(default)s)",
+    )
     return parser
 
 
@@ -275,13 +324,32 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     as_json: bool = args.json
+    if args.cmd == "link" and args.link_cmd == "accept":
+        profile = open_profile(args.profile, create=True)
+        with profile.locked():
+            if profile.enrolled():
+                _err(f"{profile.path} already holds an enrolled device")
+                return 1
+            out = trio.run(
+                lambda: linking.link_accept(
+                    profile, args.code, args.name, _printer(as_json), wait=args.wait
+                )
+            )
+        if as_json:
+            _print(out, True)
+        else:
+            print(f"linked: this is device {out['device_id']} of user {out['user_id']}")
+            print(f"identity fingerprint: {out['identity_fingerprint']}")
+            print(f"QR: {out['qr']}")
+            print(f"contacts pinned: {out['contacts_pinned']}")
+        return 0
     if args.cmd == "enroll":
         profile = open_profile(args.profile, create=True)
         with profile.locked():
             if profile.enrolled():
                 _err(f"{profile.path} already holds an enrolled device")
                 return 1
-            _creds, notices = trio.run(m.enroll, profile, args.link, args.name)
+            _creds, notices = trio.run(m.enroll, profile, args.link, args.name, args.suites)
         out = _whoami(profile)
         out["notices"] = _notices(notices)
         _print(out, as_json)
@@ -357,6 +425,36 @@ def _main(args: argparse.Namespace) -> int:
             uid = _uid(args.user_id)
             out = _run_with(profile, lambda msgr: _trust(msgr, uid, args.qr))
             _print(out, as_json)
+            return 0
+        if args.cmd == "link":
+
+            def show_code(code: str) -> None:
+                if as_json:
+                    print(json.dumps({"type": "link_code", "code": code}), flush=True)
+                else:
+                    print("on the new device, run:", file=sys.stderr)
+                    print(f"  momedo link accept '{code}'", file=sys.stderr)
+                    print(code, flush=True)
+
+            out = trio.run(
+                lambda: linking.link_new(profile, show_code, _printer(as_json), wait=args.wait)
+            )
+            if as_json:
+                _print(out, True)
+            else:
+                print(
+                    f"linked device {out['linked_device_id']} "
+                    f"(device list version {out['device_list_version']})"
+                )
+            return 0
+        if args.cmd == "devices" and args.devices_cmd == "remove":
+            dev: int = args.device_id
+            out = _run_with(profile, lambda msgr: linking.remove_device(msgr, dev))
+            if as_json:
+                _print(out, True)
+            else:
+                print(f"removed device {dev} (device list version {out['device_list_version']})")
+                print(out["hint"], file=sys.stderr)
             return 0
         if args.cmd == "devices":
             out = _run_with(profile, _devices)

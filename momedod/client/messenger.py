@@ -30,6 +30,7 @@ from momedod.e2e.chain import (
 from momedod.e2e.envelope import Addr, ContentType
 from momedod.e2e.errors import E2EError
 from momedod.e2e.identity import DeviceKey, HybridPublicKey, UserIdentityKey
+from momedod.e2e.link import is_link_request
 from momedod.e2e.records import (
     PREKEY_OTPK,
     PREKEY_SPK,
@@ -38,6 +39,7 @@ from momedod.e2e.records import (
     DeviceList,
     DeviceListPin,
     DeviceSelection,
+    DeviceTarget,
     IdentityRecord,
     device_list_hash,
     select_devices,
@@ -52,7 +54,12 @@ from momedod.e2e.records import (
 )
 from momedod.e2e.safety import dm_conv_id, format_safety_number, kvd, qr_string, safety_number
 from momedod.e2e.seal import MSG_ID_LEN, SealReplayGuard, open_seal, seal
-from momedod.e2e.suites import SUITE_XWING, get_suite, kem_keypair_from_seed
+from momedod.e2e.suites import (
+    SUITE_MLKEM1024_P384,
+    SUITE_XWING,
+    get_suite,
+    kem_keypair_from_seed,
+)
 from momedod.e2e.trust import KeyChange, Pinned, RogueDevice, TrustStore
 from momedod.protocol import frames as f
 from momedod.protocol.errors import ErrorCode, ProtocolError
@@ -74,6 +81,8 @@ MAX_TEXT_BYTES = 16_000
 SEEN_KEEP_MS = 35 * 86_400_000
 """How long processed message IDs are remembered (as the Seal replay guard)."""
 SEND_ATTEMPTS = 3
+SUPPORTED_SUITES = (SUITE_XWING, SUITE_MLKEM1024_P384)
+"""Suites a device of this client can list (``momedo enroll --suites``)."""
 
 
 def now_ms() -> int:
@@ -103,6 +112,20 @@ def key_change_warning(user_id: str, old_fp: bytes, new_fp: bytes) -> str:
         f"Sending to {shown} is blocked. Compare safety numbers (momedo verify {shown}), "
         f"then accept the new key with: momedo trust {shown}"
     )
+
+
+def suite_downgrade_warning(user_id: str, device_id: int, pinned: int, now: int) -> str:
+    shown = display(user_id)
+    offered = f"0x{now:04x}" if now else "no suite in common"
+    return (
+        f"WARNING: device {device_id} of {shown} was pinned at suite 0x{pinned:04x} but its "
+        f"signed device list now offers {offered} (a possible downgrade). Sending to that "
+        f"device is blocked; accept it with: momedo trust {shown}"
+    )
+
+
+class SuiteDowngradeError(MessengerError):
+    """Sending is blocked: no device of the contact is reachable without a suite downgrade."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +186,8 @@ class UserKeys:
     lists: list[DeviceList]
     spks: list[bytes]
     notices: list[Notice] = field(default_factory=list)
+    downgraded: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """Devices whose best common suite is now below the pinned one: device -> (pin, now)."""
 
     @property
     def identity(self) -> IdentityRecord:
@@ -184,9 +209,40 @@ class Outgoing:
     payload: bytes
     recipients: tuple[f.Recipient, ...]
     new_holders: tuple[str, ...]
-    conv: str
+    conv: str  # key of state.sending: "CONVIDHEX:SUITEHEX"
     chain_id: bytes
     unreachable: tuple[str, ...]
+    suite: int = SUITE_XWING
+
+
+@dataclass(frozen=True)
+class SendBatch:
+    """The SENDs of one text: one per suite in use (a chain is per conversation and suite).
+
+    The single-SEND accessors (``message_id``, ``payload``, ``chain_id``) are those of the first
+    SEND (the highest suite); ``recipients`` are those of all of them."""
+
+    sends: tuple[Outgoing, ...]
+
+    @property
+    def message_id(self) -> bytes:
+        return self.sends[0].message_id
+
+    @property
+    def payload(self) -> bytes:
+        return self.sends[0].payload
+
+    @property
+    def chain_id(self) -> bytes:
+        return self.sends[0].chain_id
+
+    @property
+    def recipients(self) -> tuple[f.Recipient, ...]:
+        return tuple(r for o in self.sends for r in o.recipients)
+
+    @property
+    def unreachable(self) -> tuple[str, ...]:
+        return self.sends[0].unreachable
 
 
 def _addr_name(user_id: str, device_id: int) -> str:
@@ -209,19 +265,37 @@ def _split(records: Sequence[bytes]) -> tuple[list[bytes], list[bytes], list[byt
 # -- enrollment ------------------------------------------------------------------------------
 
 
-def new_state(suite: int = SUITE_XWING) -> E2EState:
-    """Fresh seeds for a new device: UIK, DK, one SPK (key_id 1) and the OTPK pool."""
+def new_state(suite: int = SUITE_XWING, suites: Sequence[int] = ()) -> E2EState:
+    """Fresh seeds for a new device: UIK, DK, one SPK and an OTPK pool per suite.
+
+    ``suites`` (default: ``suite`` only) are the suites the device lists; the identity key's
+    suite is the highest of them. Key IDs: SPKs first (1, 2, ...), then the OTPKs.
+    """
+    listed = sorted(set(suites or (suite,)))
+    for s_id in listed:
+        if s_id not in SUPPORTED_SUITES:
+            raise ValueError(f"unsupported suite 0x{s_id:04x}")
     now = now_ms()
-    spk = Prekey(os.urandom(32), suite, now + SPK_LIFETIME_MS)
-    otpks = {2 + i: Prekey(os.urandom(32), suite) for i in range(OTPK_COUNT)}
+    spks: dict[int, Prekey] = {}
+    otpks: dict[int, Prekey] = {}
+    next_id = 1
+    for s_id in listed:
+        spks[next_id] = Prekey(os.urandom(32), s_id, now + SPK_LIFETIME_MS)
+        next_id += 1
+    for s_id in listed:
+        for _ in range(OTPK_COUNT):
+            otpks[next_id] = Prekey(os.urandom(32), s_id)
+            next_id += 1
+    top = max(listed)
     return E2EState(
-        suite=suite,
+        suite=top,
+        suites=listed,
         uik_seed=os.urandom(32),
         dk_seed=os.urandom(32),
-        spk_id=1,
-        spks={1: spk},
+        spk_id=max(k for k, p in spks.items() if p.suite == top),
+        spks=spks,
         otpks=otpks,
-        next_key_id=2 + OTPK_COUNT,
+        next_key_id=next_id,
         trust=TrustStore(),
         guard=SealReplayGuard(),
     )
@@ -245,6 +319,7 @@ async def publish_keys(client: Client, state: E2EState) -> list[Notice]:
     """
     uid, did = client.user_id, client.device_id
     now = now_ms()
+    assert state.uik_seed is not None
     uik = UserIdentityKey(state.uik_seed, state.suite)
     dk_pub = Ed25519PrivateKey.from_private_bytes(state.dk_seed).public_key().public_bytes_raw()
     notices: list[Notice] = []
@@ -265,18 +340,11 @@ async def publish_keys(client: Client, state: E2EState) -> list[Notice]:
         assert info.version is not None
         version, prev_hash = info.version + 1, device_list_hash(lists[-1])
     id_rec = sign_identity_record(uik, uid, now, prev_fp)
-    entry = DeviceEntry(did, dk_pub, (state.suite,), DEVICE_FLAG_MANAGER, now)
+    entry = DeviceEntry(did, dk_pub, tuple(sorted(state.device_suites)), DEVICE_FLAG_MANAGER, now)
     dl_rec = sign_device_list(uik, uid, version, prev_hash, now, [entry])
     await client.key_put(id_rec)
     await client.key_put(dl_rec)
-    dk = DeviceKey(state.dk_seed)
-    for key_id, kind, pk in [(state.spk_id, PREKEY_SPK, state.spks[state.spk_id])] + [
-        (k, PREKEY_OTPK, p) for k, p in sorted(state.otpks.items())
-    ]:
-        suite = get_suite(pk.suite)
-        _, pub = kem_keypair_from_seed(suite, pk.seed)
-        not_after = pk.not_after_ms or now + SPK_LIFETIME_MS
-        await client.key_put(sign_prekey(dk, uid, did, pk.suite, kind, key_id, pub, not_after))
+    await publish_prekeys(client, state)
     trust = state.trust
     trust.observe_identity(uid, uik.fp)
     trust.note_own_device_added(did)
@@ -288,10 +356,26 @@ async def publish_keys(client: Client, state: E2EState) -> list[Notice]:
     return notices
 
 
-async def enroll(profile: Profile, link: str, name: str) -> tuple[Credentials, list[Notice]]:
-    """Enroll a device from an invite link, create its keys and publish them."""
+async def publish_prekeys(client: Client, state: E2EState) -> None:
+    """KEY_PUT the SPKs (one per suite) and every OTPK of ``state``, signed by the DK."""
+    uid, did = client.user_id, client.device_id
+    now = now_ms()
+    dk = DeviceKey(state.dk_seed)
+    for key_id, kind, pk in [(k, PREKEY_SPK, p) for k, p in sorted(state.spks.items())] + [
+        (k, PREKEY_OTPK, p) for k, p in sorted(state.otpks.items())
+    ]:
+        suite = get_suite(pk.suite)
+        _, pub = kem_keypair_from_seed(suite, pk.seed)
+        not_after = pk.not_after_ms or now + SPK_LIFETIME_MS
+        await client.key_put(sign_prekey(dk, uid, did, pk.suite, kind, key_id, pub, not_after))
+
+
+async def enroll(
+    profile: Profile, link: str, name: str, suites: Sequence[int] = (SUITE_XWING,)
+) -> tuple[Credentials, list[Notice]]:
+    """Enroll a device from an invite link, create its keys (for ``suites``) and publish them."""
     async with connect_invite(link, name) as (client, creds):
-        state = new_state()
+        state = new_state(max(suites), suites)
         profile.save_credentials(creds)
         profile.save_state(state)  # seeds first: nothing published that we cannot use
         notices = await publish_keys(client, state)
@@ -310,9 +394,15 @@ class Messenger:
         self.client = client
         self.state = state
         self.me = Addr(client.user_id, client.device_id)
-        self.uik = UserIdentityKey(state.uik_seed, state.suite)
+        # The private identity key exists only on a manager device; others hold the public key.
+        self.uik = UserIdentityKey(state.uik_seed, state.suite) if state.uik_seed else None
+        self.uik_pub: HybridPublicKey = self.uik.public if self.uik else state.uik_public()
         self._dk = Ed25519PrivateKey.from_private_bytes(state.dk_seed)
         self._fetched: dict[str, UserKeys] = {}
+
+    @property
+    def device_key(self) -> Ed25519PrivateKey:
+        return self._dk
 
     @property
     def trust(self) -> TrustStore:
@@ -350,6 +440,7 @@ class Messenger:
             ) from None
         keys = UserKeys(user_id, identities, chain, prekeys)
         own = user_id == self.me.user_id
+        first_list = self.trust.device_list_pin(user_id) is None
         event = self.trust.observe_identity(user_id, identities[-1].fp)
         if isinstance(event, Pinned) and not own:
             keys.notices.append(
@@ -363,7 +454,7 @@ class Messenger:
             keys.notices.append(Notice(kind, text))
         try:
             dev_events = self.trust.observe_device_list(chain[-1])
-            for dev_event in [] if isinstance(event, Pinned) else dev_events:
+            for dev_event in [] if isinstance(event, Pinned) or first_list else dev_events:
                 what = {"DeviceAdded": "added", "DeviceRemoved": "removed"}.get(
                     type(dev_event).__name__, "CHANGED THE KEY OF"
                 )
@@ -375,11 +466,68 @@ class Messenger:
                 )
         except ValueError as e:
             raise MessengerError(f"device list of {display(user_id)}: {e}") from None
+        self._pin_suites(keys)
         if own:
+            if self.uik is None:
+                # A linked device holds no UIK: only a manager device of ours can sign a list
+                # with our pinned identity key, so the devices on such lists were added by us.
+                for dl in chain:
+                    if dl.signer_fp == self.uik_pub.fp:
+                        for entry in dl.entries:
+                            self.trust.note_own_device_added(entry.device_id)
             for alarm in self.trust.check_own_devices(chain):
                 keys.notices.append(Notice("alarm", _rogue_text(alarm)))
         self._fetched[user_id] = keys
         return keys
+
+    def _best_suite(self, entry: DeviceEntry) -> int:
+        """The highest suite both this device and ``entry`` list (0: none)."""
+        return max(set(entry.suites) & set(self.state.device_suites), default=0)
+
+    def _suite_pin(self, user_id: str, device_id: int) -> int:
+        """The pinned suite of a device (0: none), at most our own highest suite (a pin above
+        what this device supports itself means nothing any more)."""
+        pin = self.state.suite_pins.get(_addr_name(user_id, device_id), 0)
+        return min(pin, max(self.state.device_suites))
+
+    def _pin_suites(self, keys: UserKeys) -> None:
+        """Pin, per device of ``keys``, the highest suite it and we have in common, and note
+        (with a warning) every device whose list entry no longer offers its pinned suite."""
+        pins = self.state.suite_pins
+        for entry in keys.device_list.entries:
+            name = _addr_name(keys.user_id, entry.device_id)
+            if name == _addr_name(self.me.user_id, self.me.device_id):
+                continue
+            best, pin = self._best_suite(entry), self._suite_pin(keys.user_id, entry.device_id)
+            if best >= pin:
+                if best:
+                    pins[name] = best
+                continue
+            keys.downgraded[entry.device_id] = (pin, best)
+            keys.notices.append(
+                Notice("warning", suite_downgrade_warning(keys.user_id, entry.device_id, pin, best))
+            )
+
+    def accept_suites(self, user_id: str) -> list[int]:
+        """``momedo trust``: pin the suites the last fetched list of ``user_id`` offers now
+        (accepting downgrades). Returns the devices whose pin was lowered."""
+        keys = self._fetched.get(user_id)
+        if keys is None:
+            return []
+        for device_id, (_pin, best) in keys.downgraded.items():
+            name = _addr_name(user_id, device_id)
+            if best:
+                self.state.suite_pins[name] = best
+            else:
+                self.state.suite_pins.pop(name, None)
+        lowered = sorted(keys.downgraded)
+        keys.downgraded.clear()
+        return lowered
+
+    def _check_suite(self, sender: Addr, suite_id: int) -> None:
+        """Reject an envelope from ``sender`` below the suite pinned for that device."""
+        if suite_id < self._suite_pin(sender.user_id, sender.device_id):
+            raise E2EError(reason="suite")
 
     def _sender_dk(self, sender: Addr) -> bytes | None:
         """The DK of ``sender`` from its device list as fetched and verified during this
@@ -402,7 +550,7 @@ class Messenger:
         return [n for n in keys.notices if n.kind in ("alarm", "warning")]
 
     def kvd_for(self, peer: str, peer_fp: bytes) -> bytes:
-        return kvd([(self.me.user_id, self.uik.fp), (peer, peer_fp)])
+        return kvd([(self.me.user_id, self.uik_pub.fp), (peer, peer_fp)])
 
     # verification -------------------------------------------------------------------------
 
@@ -415,12 +563,12 @@ class Messenger:
         c = self.trust.contact(user_id)
         assert c is not None
         theirs = keys.identity
-        number = safety_number(self.me.user_id, self.uik.public, user_id, theirs.uik)
+        number = safety_number(self.me.user_id, self.uik_pub, user_id, theirs.uik)
         return {
             "user_id": display(user_id),
             "safety_number": format_safety_number(number),
             "their_qr": qr_string(user_id, theirs.fp),
-            "my_qr": qr_string(self.me.user_id, self.uik.fp),
+            "my_qr": qr_string(self.me.user_id, self.uik_pub.fp),
             "their_fp": theirs.fp.hex(),
             "matches_pin": theirs.fp == c.fp and not c.blocked,
             "level": c.level.value,
@@ -429,9 +577,14 @@ class Messenger:
 
     # sending ------------------------------------------------------------------------------
 
-    async def prepare_text(self, user_id: str, text: str) -> tuple[Outgoing, list[Notice]]:
+    async def prepare_text(self, user_id: str, text: str) -> tuple[SendBatch, list[Notice]]:
         """Encrypt ``text`` to every device of ``user_id`` and our other devices; saves the
-        advanced chain state before returning (a chain index is never used twice)."""
+        advanced chain states before returning (a chain index is never used twice).
+
+        Each device gets the highest suite that both it (in its signed DeviceEntry.suites, with
+        a valid SPK) and this device list; devices are grouped by that suite and each group
+        is one SEND on our chain of that suite. A device offering less than its pinned suite
+        is skipped (a downgrade: ``momedo trust`` accepts it)."""
         if user_id == self.me.user_id:
             raise MessengerError("sending to your own user is not supported")
         content = text.encode()
@@ -447,29 +600,78 @@ class Messenger:
         own = await self.fetch_user(self.me.user_id)
         notices += own.notices
         now = now_ms()
-        suites = (self.state.suite,)
+        suites = self.state.device_suites  # our preference: the highest first
         sel = select_devices(peer.device_list, peer.spks, now, suites)
         own_sel = select_devices(
             own.device_list, own.spks, now, suites, exclude={self.me.device_id}
         )
-        if own.identity.fp != self.uik.fp:
+        if own.identity.fp != self.uik_pub.fp:
             own_sel = DeviceSelection((), ())  # our user has another identity now: not ours
-        unreachable = tuple(
-            f"{display(u)} device {d}: {why}"
-            for u, s in ((user_id, sel), (self.me.user_id, own_sel))
-            for d, why in s.unreachable
-        )
-        if not sel.targets:
+        unreachable_l: list[str] = []
+        targets: list[tuple[str, DeviceTarget, UserKeys]] = []
+        blocked_peer = False
+        for u, s, keys in ((user_id, sel, peer), (self.me.user_id, own_sel, own)):
+            unreachable_l += [f"{display(u)} device {d}: {why}" for d, why in s.unreachable]
+            for t in s.targets:
+                dev = t.device.device_id
+                pin = self._suite_pin(u, dev)
+                if dev in keys.downgraded or t.suite < pin:
+                    unreachable_l.append(
+                        f"{display(u)} device {dev}: suite downgrade from 0x{pin:04x} "
+                        f"(blocked until: momedo trust {display(u)})"
+                    )
+                    blocked_peer = blocked_peer or u == user_id
+                    continue
+                targets.append((u, t, keys))
+        unreachable = tuple(unreachable_l)
+        if not any(u == user_id for u, _, _ in targets):
+            why = f" ({'; '.join(unreachable)})" if unreachable else ""
+            if blocked_peer:
+                self.save()
+                raise SuiteDowngradeError(
+                    f"sending to {display(user_id)} is blocked: a device offers a lower suite "
+                    f"than pinned{why}"
+                )
             raise MessengerError(
-                f"{display(user_id)} has no device this client can encrypt to"
-                + (f" ({'; '.join(unreachable)})" if unreachable else "")
+                f"{display(user_id)} has no device this client can encrypt to{why}"
             )
-        targets = [(user_id, t, peer) for t in sel.targets] + [
-            (self.me.user_id, t, own) for t in own_sel.targets
-        ]
-        names = {_addr_name(u, t.device.device_id) for u, t, _ in targets}
         conv = dm_conv_id(self.me.user_id, user_id)
-        key = conv.hex()
+        kvd_ = self.kvd_for(user_id, peer.identity.fp)
+        outs: list[Outgoing] = []
+        for suite_id in sorted({t.suite for _, t, _ in targets}, reverse=True):
+            group = [(u, t, k) for u, t, k in targets if t.suite == suite_id]
+            outs.append(await self._prepare_group(conv, suite_id, group, now, kvd_, content))
+        # Save the advanced chains before anything leaves: an index is never reused. The new
+        # holders are recorded only after ACCEPTED (a lost SEND means a later ChainDist again).
+        self.save()
+        outs = [
+            Outgoing(
+                o.message_id,
+                o.payload,
+                o.recipients,
+                o.new_holders,
+                o.conv,
+                o.chain_id,
+                unreachable,
+                o.suite,
+            )
+            for o in outs
+        ]
+        notices += [Notice("warning", f"not delivered to {u}") for u in unreachable]
+        return SendBatch(tuple(outs)), notices
+
+    async def _prepare_group(
+        self,
+        conv: bytes,
+        suite_id: int,
+        targets: list[tuple[str, DeviceTarget, UserKeys]],
+        now: int,
+        kvd_: bytes,
+        content: bytes,
+    ) -> Outgoing:
+        """One SEND on our chain of ``suite_id`` in ``conv`` to ``targets`` (all that suite)."""
+        names = {_addr_name(u, t.device.device_id) for u, t, _ in targets}
+        key = f"{conv.hex()}:{suite_id:04x}"
         st = self.state.sending.get(key)
         chain = SendingChain.from_bytes(st.chain) if st else None
         holders = set(st.holders) if st else set()
@@ -478,7 +680,7 @@ class Messenger:
         # read on; an added one would only get the current key anyway). ``holders`` is empty
         # only before the first ACCEPTED of a chain: then its ChainDist simply goes to all.
         if chain is None or needs_rotation(chain, now) or (holders and holders != names):
-            chain = SendingChain.new(get_suite(self.state.suite), self.me, conv, 0, now, chain)
+            chain = SendingChain.new(get_suite(suite_id), self.me, conv, 0, now, chain)
             holders = set()
         msg_id = os.urandom(MSG_ID_LEN)
         dist = chain.to_dist().encode()
@@ -513,41 +715,33 @@ class Messenger:
                 )
                 new_holders.append(name)
             recipients.append(f.Recipient(uid, dev, part))
-        payload = chain.encrypt(
-            self._dk,
-            now,
-            msg_id,
-            self.kvd_for(user_id, peer.identity.fp),
-            ContentType.TEXT,
-            content,
-        )
-        # Save the advanced chain before anything leaves: an index is never reused. The new
-        # holders are recorded only after ACCEPTED (a lost SEND means a later ChainDist again).
+        payload = chain.encrypt(self._dk, now, msg_id, kvd_, ContentType.TEXT, content)
         self.state.sending[key] = SendingState(chain.to_bytes(), sorted(holders))
-        self.save()
-        out = Outgoing(
+        return Outgoing(
             msg_id,
             payload,
             tuple(recipients),
             tuple(new_holders),
             key,
             chain.chain_id,
-            unreachable,
+            (),
+            suite_id,
         )
-        notices += [Notice("warning", f"not delivered to {u}") for u in unreachable]
-        return out, notices
 
-    def sent(self, out: Outgoing, text: str, to: str) -> None:
-        """Record a successful SEND: the new holders of the chain, and the message log."""
-        st = self.state.sending.get(out.conv)
-        if st is not None and SendingChain.from_bytes(st.chain).chain_id == out.chain_id:
-            st.holders = sorted(set(st.holders) | set(out.new_holders))
+    def sent(self, out: SendBatch | Outgoing, text: str, to: str) -> None:
+        """Record a successful SEND (all of a batch): the new holders of each chain, and the
+        message log."""
+        sends = out.sends if isinstance(out, SendBatch) else (out,)
+        for o in sends:
+            st = self.state.sending.get(o.conv)
+            if st is not None and SendingChain.from_bytes(st.chain).chain_id == o.chain_id:
+                st.holders = sorted(set(st.holders) | set(o.new_holders))
         self.state.log.append(
             {
                 "dir": "out",
                 "to": to,
                 "ts_ms": now_ms(),
-                "msg_id": out.message_id.hex(),
+                "msg_id": sends[0].message_id.hex(),
                 "text": text,
             }
         )
@@ -595,6 +789,9 @@ class Messenger:
         now = now_ms()
         notices: list[Notice] = []
         sender_hint = "an unknown sender"
+        if not ev.part and is_link_request(ev.payload):
+            self.state.seen[mid] = now
+            return [Notice("info", "ignored a device-link request (no `momedo link new` waiting)")]
         try:
             if ev.part:
                 opened, more = await self._open_seal(ev.part)
@@ -602,12 +799,13 @@ class Messenger:
                 sender_hint = f"{display(opened.sender.user_id)} (device {opened.sender.device_id})"
                 if opened.content_type != ContentType.CHAIN_DIST:
                     raise E2EError(reason="content_type")
+                self._check_suite(opened.sender, opened.suite)
                 self.state.guard.accept(opened.sender, opened.msg_id, opened.ts_ms, now)
                 if opened.key_kind == PREKEY_OTPK:
                     self.state.otpks.pop(opened.key_id, None)
                 dist = ChainDist.decode(opened.content)
                 self._install(dist, opened.sender, opened.suite)
-            _suite, chain_id, _n = peek_chain(ev.payload)
+            chain_suite, chain_id, _n = peek_chain(ev.payload)
             raw = self.state.receiving.get(chain_id.hex())
             if raw is None:
                 raise E2EError(reason="chain_id")
@@ -617,6 +815,7 @@ class Messenger:
             notices += more
             if dk is None:
                 raise E2EError(reason="unknown_sender")
+            self._check_suite(rc.owner, chain_suite)
             conv = rc.decrypt(ev.payload, dk, now)
             if conv.msg_id != ev.message_id:
                 raise E2EError(reason="malformed")
@@ -735,11 +934,12 @@ def _rogue_text(alarm: RogueDevice) -> str:
 # -- whole operations with a connection (used by the CLI) ------------------------------------
 
 
-async def send_text(profile: Profile, user_id: str, text: str) -> tuple[Outgoing, list[Notice]]:
-    """Connect, prepare and SEND; on a lost connection retry with the same message_id."""
+async def send_text(profile: Profile, user_id: str, text: str) -> tuple[SendBatch, list[Notice]]:
+    """Connect, prepare and SEND (one SEND per suite); on a lost connection retry each with
+    the same message_id (the server de-duplicates an already accepted one)."""
     creds = profile.credentials()
     state = profile.load_state()
-    out: Outgoing | None = None
+    out: SendBatch | None = None
     notices: list[Notice] = []
     last: ClientError | None = None
     for _attempt in range(SEND_ATTEMPTS):
@@ -748,7 +948,8 @@ async def send_text(profile: Profile, user_id: str, text: str) -> tuple[Outgoing
                 m = Messenger(profile, client, state)
                 if out is None:
                     out, notices = await m.prepare_text(user_id, text)
-                await client.send(out.message_id, out.payload, out.recipients)
+                for one in out.sends:
+                    await client.send(one.message_id, one.payload, one.recipients)
                 m.sent(out, text, user_id)
                 return out, notices
         except ServerError:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from momedod.client.transport import Credentials
+from momedod.e2e.identity import HybridPublicKey, UserIdentityKey
 from momedod.e2e.seal import SealReplayGuard
 from momedod.e2e.trust import TrustStore
 
@@ -88,7 +89,7 @@ class E2EState:
     """Everything secret or stateful of the end-to-end layer (``e2e.json``)."""
 
     suite: int
-    uik_seed: bytes
+    uik_seed: bytes | None  # None on a linked device that is not a manager
     dk_seed: bytes
     spk_id: int
     spks: dict[int, Prekey]
@@ -96,16 +97,34 @@ class E2EState:
     next_key_id: int
     trust: TrustStore
     guard: SealReplayGuard
-    sending: dict[str, SendingState] = field(default_factory=dict)  # conv_id hex -> state
+    # "CONVIDHEX:SUITEHEX" (e.g. "ab..ef:0003") -> our chain in that conversation and suite
+    sending: dict[str, SendingState] = field(default_factory=dict)
     receiving: dict[str, bytes] = field(default_factory=dict)  # chain_id hex -> state bytes
     seen: dict[str, int] = field(default_factory=dict)  # message_id hex -> ts_ms processed
     log: list[dict[str, Any]] = field(default_factory=list)
+    uik_pub: bytes = b""  # UIKPub; set on a linked device (else derived from uik_seed)
+    suites: list[int] = field(default_factory=list)  # DeviceEntry.suites; empty: [suite]
+    suite_pins: dict[str, int] = field(default_factory=dict)  # "USERID/device" -> suite
+
+    @property
+    def device_suites(self) -> tuple[int, ...]:
+        """The suites this device supports (and lists), highest first."""
+        return tuple(sorted(set(self.suites or [self.suite]), reverse=True))
+
+    def uik_public(self) -> HybridPublicKey:
+        """The user's identity public key (derived from the seed on a manager device)."""
+        if self.uik_seed is not None:
+            return UserIdentityKey(self.uik_seed, self.suite).public
+        return HybridPublicKey.parse(self.uik_pub)
 
     def to_json(self) -> bytes:
         doc = {
             "format": STATE_FORMAT,
             "suite": self.suite,
-            "uik_seed": self.uik_seed.hex(),
+            "suites": sorted(self.device_suites),
+            "suite_pins": dict(sorted(self.suite_pins.items())),
+            "uik_seed": self.uik_seed.hex() if self.uik_seed is not None else None,
+            "uik_pub": self.uik_pub.hex(),
             "dk_seed": self.dk_seed.hex(),
             "spk_id": self.spk_id,
             "spks": {str(k): _prekey_json(v) for k, v in sorted(self.spks.items())},
@@ -129,9 +148,19 @@ class E2EState:
             doc = json.loads(data)
             if doc["format"] != STATE_FORMAT:
                 raise ValueError(f"unsupported state format {doc['format']!r}")
+            suite = int(doc["suite"])
+            sending = {}
+            for c, st in doc["sending"].items():
+                # Chains are per (conversation, suite); an older state keyed by conversation
+                # only holds a chain of its single suite.
+                key = c if ":" in c else f"{c}:{suite:04x}"
+                sending[key] = SendingState(bytes.fromhex(st["chain"]), list(st["holders"]))
             return cls(
-                suite=int(doc["suite"]),
-                uik_seed=bytes.fromhex(doc["uik_seed"]),
+                suite=suite,
+                suites=[int(x) for x in doc.get("suites", [suite])],
+                suite_pins={str(k): int(v) for k, v in doc.get("suite_pins", {}).items()},
+                uik_seed=bytes.fromhex(doc["uik_seed"]) if doc["uik_seed"] is not None else None,
+                uik_pub=bytes.fromhex(doc.get("uik_pub", "")),
                 dk_seed=bytes.fromhex(doc["dk_seed"]),
                 spk_id=int(doc["spk_id"]),
                 spks={int(k): _prekey_from(v) for k, v in doc["spks"].items()},
@@ -139,10 +168,7 @@ class E2EState:
                 next_key_id=int(doc["next_key_id"]),
                 trust=TrustStore.from_json(json.dumps(doc["trust"])),
                 guard=SealReplayGuard.from_bytes(bytes.fromhex(doc["replay_guard"])),
-                sending={
-                    c: SendingState(bytes.fromhex(s["chain"]), list(s["holders"]))
-                    for c, s in doc["sending"].items()
-                },
+                sending=sending,
                 receiving={c: bytes.fromhex(s) for c, s in doc["receiving"].items()},
                 seen={str(k): int(v) for k, v in doc["seen"].items()},
                 log=list(doc["log"]),

@@ -5,7 +5,8 @@ Layout (docs/E2E.md, "Encoding")::
     Header = u16 magic 0x4D44 ("MD") | u8 version = 1 | u8 type | u16 suite
     Addr   = u8[8] user_id | u32 device_id            (device_id >= 1)
 
-Envelope types: 0x01 SEAL, 0x02 CHAIN, 0x03 MULTI, 0x10 RECORD. A content type says what the
+Envelope types: 0x01 SEAL, 0x02 CHAIN, 0x03 MULTI, 0x10 RECORD, 0x11 LINK_REQUEST. A content
+type says what the
 decrypted ``content`` is; three of them (CHAIN_DIST, SYNC, LINK_PROVISION) carry keys or
 private state and are allowed only inside a Seal, never in a conversation envelope.
 """
@@ -52,6 +53,7 @@ class EnvelopeType(IntEnum):
     CHAIN = 0x02
     MULTI = 0x03
     RECORD = 0x10
+    LINK_REQUEST = 0x11
 
 
 class ContentType(IntEnum):

@@ -3,7 +3,8 @@
 Theory of operation. A Seal is HPKE (RFC 9180, base mode, single shot) to one prekey of the
 recipient device, with a payload signed by the sender's device key (DK, Ed25519)::
 
-    Seal        = Header(type 0x01) | u8 key_kind (1 SPK, 2 OTPK) | u32 key_id | bytes hpke_ct
+    Seal        = Header(type 0x01) | u8 key_kind (1 SPK, 2 OTPK, 3 LINK) | u32 key_id
+                  | bytes hpke_ct
     hpke_ct     = HPKE.Seal(pk = prekey, info, aad = empty, pt = SealPayload)   ; enc || ct
     info        = Label("seal") | Header | u8 key_kind | u32 key_id | Addr recipient
     SealPayload = Addr sender | Addr recipient | u64 ts_ms | u8[16] msg_id | u16 content_type
@@ -13,8 +14,10 @@ recipient device, with a payload signed by the sender's device key (DK, Ed25519)
 
 pyca's single-shot HPKE has no AAD parameter, so everything the envelope must bind goes into
 ``info`` (RFC 9180 section 8.1): the suite (in the Header), the prekey, and the recipient.
-``padding`` is zero bytes that make the whole SealPayload (sig field included) a multiple of
-256 bytes. ``sig`` is exactly 64 bytes.
+Key kind 3 (LINK) is the one-off link key of a device being linked (docs/E2E.md, "Device
+linking"); it is accepted only by an opener that asks for it (``key_kinds``), so an ordinary
+receiver still rejects it with ``key_kind``. ``padding`` is zero bytes that make the whole
+SealPayload (sig field included) a multiple of 256 bytes. ``sig`` is exactly 64 bytes.
 
 Opening checks, in order, each failing with E2EError("cannot open envelope", reason=...):
 Header magic/version/type and a known suite (``header``, ``suite``); strict framing with no
@@ -49,6 +52,7 @@ from .suites import KemPrivateKey, Suite, kem_public_from_bytes, require_allowed
 
 __all__ = [
     "DAY_MS",
+    "KEY_KIND_LINK",
     "MSG_ID_LEN",
     "SEAL_LABEL",
     "SIG_LEN",
@@ -68,6 +72,9 @@ SIG_LEN = 64
 _PREFIX_LEN = HEADER_LEN + 1 + 4  # Header | u8 key_kind | u32 key_id
 _SIG_TAIL = 4 + SIG_LEN  # the encoded ``bytes sig`` field
 _KEY_KINDS = (PREKEY_SPK, PREKEY_OTPK)
+KEY_KIND_LINK = 3
+"""key_kind of a Seal to the one-off link key LK of a device being linked."""
+_ALL_KEY_KINDS = (PREKEY_SPK, PREKEY_OTPK, KEY_KIND_LINK)
 
 DAY_MS = 86_400_000
 """One day in milliseconds."""
@@ -114,8 +121,8 @@ def seal(
     E2EError(reason="kem_public") if the prekey is not a valid key of the suite.
     """
     require_allowed(suite, allow_test_suites)
-    if key_kind not in _KEY_KINDS:
-        raise ValueError(f"key_kind must be 1 (SPK) or 2 (OTPK), got {key_kind}")
+    if key_kind not in _ALL_KEY_KINDS:
+        raise ValueError(f"key_kind must be 1 (SPK), 2 (OTPK) or 3 (LINK), got {key_kind}")
     if len(msg_id) != MSG_ID_LEN:
         raise ValueError(f"msg_id must be {MSG_ID_LEN} bytes")
     if not _known_content(content_type):
@@ -143,6 +150,7 @@ def open_seal(
     sender_dk_public_for: Callable[[Addr], bytes | None],
     *,
     allow_test_suites: bool = False,
+    key_kinds: tuple[int, ...] = _KEY_KINDS,
 ) -> OpenedSeal:
     """Open and verify a Seal addressed to ``me``.
 
@@ -151,6 +159,8 @@ def open_seal(
     sender's device from its verified device list, or None if the device is not on it.
     Any failure raises E2EError("cannot open envelope"); ``reason`` says which check failed.
     The caller then applies :class:`SealReplayGuard` and deletes a used OTPK.
+    ``key_kinds`` are the accepted key kinds (default SPK and OTPK; a device being linked
+    passes ``(KEY_KIND_LINK,)``).
     """
     r = Reader(data)
     suite = read_header(r, EnvelopeType.SEAL, allow_test_suites=allow_test_suites)
@@ -161,7 +171,7 @@ def open_seal(
         r.finish("seal")
     except ProtocolError:
         raise _fail("malformed") from None
-    if key_kind not in _KEY_KINDS:
+    if key_kind not in key_kinds or key_kind not in _ALL_KEY_KINDS:
         raise _fail("key_kind")
     if len(hpke_ct) < suite.enc_size + suite.tag_size + BUCKET:
         raise _fail("malformed")

@@ -155,3 +155,57 @@ def test_cli_listen_prints_messages_as_they_arrive(tmp_path):
         assert ok(momedo(tmp_path / "bob", "recv")) == ""  # both were stored and acked
     finally:
         proc.stop()
+
+
+def test_cli_link_tablet_and_remove_it(tmp_path):
+    proc = DaemonProcess(tmp_path, free_port())
+    proc.start()
+    try:
+        ids = {}
+        for name in ("Alice", "Bob"):
+            link = admin_call(proc.socket, "user.add", name=name)["invite"]["link"]
+            out = json.loads(ok(momedo(tmp_path / name.lower(), "enroll", link, json_out=True)))
+            ids[name] = out["user_id"]
+        alice, bob, tablet = tmp_path / "alice", tmp_path / "bob", tmp_path / "tablet"
+        a_id, b_id = ids["Alice"], ids["Bob"]
+        ok(momedo(bob, "send", a_id, "hi alice"))
+        ok(momedo(alice, "recv"))
+
+        cmd = [str(VENV_BIN / "momedo"), "--profile", str(alice), "--json", "link", "new"]
+        new = subprocess.Popen(
+            [*cmd, "--wait", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            assert new.stdout is not None
+            first = json.loads(new.stdout.readline())
+            assert first["type"] == "link_code" and first["code"].startswith("MOMEDO-LINK1:")
+            res = momedo(tablet, "link", "accept", first["code"], "--name", "tab", json_out=True)
+            acc = json.loads(ok(res).splitlines()[-1])
+            rest, err = new.communicate(timeout=60)
+        finally:
+            if new.poll() is None:
+                new.kill()
+                new.wait()
+        assert new.returncode == 0, err
+        assert json.loads(rest.splitlines()[-1])["linked_device_id"] == 2
+        assert acc["device_id"] == 2 and acc["user_id"] == a_id
+        who = json.loads(ok(momedo(tablet, "whoami", json_out=True)))
+        assert (
+            who["manager"] is False and who["identity_fingerprint"] == acc["identity_fingerprint"]
+        )
+
+        ok(momedo(bob, "send", a_id, "to both"))
+        assert ok(momedo(alice, "recv")).splitlines() == [f"{b_id} (device 1): to both"]
+        assert ok(momedo(tablet, "recv")).splitlines() == [f"{b_id} (device 1): to both"]
+        ok(momedo(alice, "send", b_id, "from phone"))
+        assert ok(momedo(bob, "recv")).splitlines() == [f"{a_id} (device 1): from phone"]
+        assert ok(momedo(tablet, "recv")).splitlines() == [f"me (device 1) → {b_id}: from phone"]
+
+        devs = json.loads(ok(momedo(alice, "devices", json_out=True)))
+        assert [d["device_id"] for d in devs["devices"]] == [1, 2]
+        ok(momedo(alice, "devices", "remove", "2"))
+        ok(momedo(bob, "send", a_id, "after removal"))
+        assert ok(momedo(alice, "recv")).splitlines() == [f"{b_id} (device 1): after removal"]
+        assert ok(momedo(tablet, "recv")) == ""
+    finally:
+        proc.stop()
