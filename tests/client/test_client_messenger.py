@@ -199,3 +199,39 @@ async def test_profile_files_are_private(server, tmp_path):
     alice, _ = await _enroll(server, tmp_path, "alice")
     for path in alice.path.iterdir():
         assert path.stat().st_mode & 0o077 == 0, path
+
+
+async def test_a_replayed_seal_cannot_reuse_its_one_time_prekey(server, tmp_path):
+    """E2E.md §14.3: the server replays the first message (Seal via an OTPK) as a new one."""
+    alice, _ = await _enroll(server, tmp_path, "alice")
+    bob, b_uid = await _enroll(server, tmp_path, "bob")
+    first, _ = await m.send_text(alice, b_uid, "once")
+    assert all(r.part for r in first.recipients)
+    claimed_before = len(bob.load_state().otpks)
+    assert _texts(await _recv(bob)) == ["once"]
+    assert len(bob.load_state().otpks) == claimed_before - 1  # the used OTPK is gone
+    from momedod.client.transport import connect
+
+    async with connect(alice.credentials()) as c:  # same bytes, fresh wire message id
+        await c.send(secrets.token_bytes(16), first.payload, first.recipients)
+    got = await _recv(bob)
+    assert _texts(got) == []
+    assert [e.kind for e in got if isinstance(e, m.Notice) and e.kind != "info"] == [
+        "undecryptable"
+    ]
+
+
+async def test_a_differing_key_view_is_reported_to_the_receiver(server, tmp_path, monkeypatch):
+    """E2E.md §4.4/§14.5: a sender that was shown other identity keys yields a KVD warning."""
+    alice, _ = await _enroll(server, tmp_path, "alice")
+    bob, b_uid = await _enroll(server, tmp_path, "bob")
+    await m.send_text(alice, b_uid, "same view")
+    first = [e for e in await _recv(bob) if isinstance(e, m.Message)]
+    assert [(e.text, e.warnings) for e in first] == [("same view", ())]
+    # Alice's client computes its key-view digest over keys the server substituted.
+    monkeypatch.setattr(m.Messenger, "kvd_for", lambda self, peer, fp: b"\x00" * 16)
+    await m.send_text(alice, b_uid, "other view")
+    monkeypatch.undo()
+    got = [e for e in await _recv(bob) if isinstance(e, m.Message)]
+    assert [e.text for e in got] == ["other view"]
+    assert any("KVD differs" in w for w in got[0].warnings)
