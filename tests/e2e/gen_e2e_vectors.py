@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import vectors_crypto
 import vectors_identity
+import vectors_link
 
 VECTORS = Path(__file__).resolve().parents[2] / "docs" / "test-vectors" / "e2e.json"
 
@@ -26,6 +27,7 @@ def build(previous: dict[str, Any] | None) -> dict[str, Any]:
         "description": "momedo end-to-end vectors; see docs/E2E.md section 'Test vectors'",
         "crypto": vectors_crypto.vectors(),
         "identity": vectors_identity.vectors(previous["identity"] if previous else None),
+        "link": vectors_link.vectors(),
     }
 
 

@@ -7,12 +7,14 @@ import json
 import gen_e2e_vectors
 import vectors_crypto
 import vectors_identity
+import vectors_link
 
 
 def test_every_committed_vector_opens_and_verifies_with_the_library() -> None:
     data = json.loads(gen_e2e_vectors.VECTORS.read_text())
     vectors_crypto.check(data["crypto"])
     vectors_identity.check(data["identity"])
+    vectors_link.check(data["link"])
 
 
 def test_regenerating_from_the_fixed_seeds_gives_the_committed_file() -> None:
