@@ -8,6 +8,7 @@ profile before the server is told (ACK) or before an envelope that depends on it
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -72,10 +73,19 @@ from momedod.protocol.records import (
 )
 from momedod.protocol.userid import display
 
+DAY_MS = 86_400_000
 OTPK_COUNT = 20
-"""One-time prekeys published at enrollment (there is no replenishment yet)."""
-SPK_LIFETIME_MS = 365 * 86_400_000
-"""Validity of the signed prekey (there is no rotation yet)."""
+"""One-time prekeys per suite published at enrollment and topped up to (design: 100)."""
+OTPK_LOW = 10
+"""Fewer unused OTPK seeds than this for a suite: publish new ones up to ``OTPK_COUNT``."""
+OTPK_LIFETIME_MS = 365 * DAY_MS
+"""``not_after`` of a one-time prekey."""
+SPK_LIFETIME_MS = 35 * DAY_MS
+"""``not_after`` of a signed prekey (E2E.md section 4.2: +35 days)."""
+SPK_ROTATE_MS = 7 * DAY_MS
+"""Age after which the SPK of a suite is replaced (at the next connect: only while online)."""
+SPK_GRACE_MS = 3 * DAY_MS
+"""How long an old SPK seed is kept after its successor was created (72 h)."""
 MAX_TEXT_BYTES = 16_000
 """Longest text (UTF-8) that ``send`` accepts."""
 SEEN_KEEP_MS = 35 * 86_400_000
@@ -280,11 +290,11 @@ def new_state(suite: int = SUITE_XWING, suites: Sequence[int] = ()) -> E2EState:
     otpks: dict[int, Prekey] = {}
     next_id = 1
     for s_id in listed:
-        spks[next_id] = Prekey(os.urandom(32), s_id, now + SPK_LIFETIME_MS)
+        spks[next_id] = Prekey(os.urandom(32), s_id, now + SPK_LIFETIME_MS, now)
         next_id += 1
     for s_id in listed:
         for _ in range(OTPK_COUNT):
-            otpks[next_id] = Prekey(os.urandom(32), s_id)
+            otpks[next_id] = Prekey(os.urandom(32), s_id, now + OTPK_LIFETIME_MS, now)
             next_id += 1
     top = max(listed)
     return E2EState(
@@ -356,18 +366,114 @@ async def publish_keys(client: Client, state: E2EState) -> list[Notice]:
     return notices
 
 
+def current_spks(state: E2EState) -> dict[int, int]:
+    """suite -> key ID of its current (newest) SPK."""
+    best: dict[int, tuple[int, int]] = {}
+    for key_id, pk in state.spks.items():
+        if pk.suite not in best or (pk.created_ms, key_id) > best[pk.suite]:
+            best[pk.suite] = (pk.created_ms, key_id)
+    return {s_id: key_id for s_id, (_c, key_id) in best.items()}
+
+
+async def _put_prekey(
+    client: Client, state: E2EState, kind: int, key_id: int, pk: Prekey, now: int
+) -> None:
+    """KEY_PUT one prekey signed by the DK and mark it published (the caller saves)."""
+    _, pub = kem_keypair_from_seed(get_suite(pk.suite), pk.seed)
+    if not pk.not_after_ms:
+        pk.not_after_ms = now + (SPK_LIFETIME_MS if kind == PREKEY_SPK else OTPK_LIFETIME_MS)
+    rec = sign_prekey(
+        DeviceKey(state.dk_seed),
+        client.user_id,
+        client.device_id,
+        pk.suite,
+        kind,
+        key_id,
+        pub,
+        pk.not_after_ms,
+    )
+    try:
+        await client.key_put(rec)
+    except ServerError as e:
+        # An OTPK stored by an earlier, interrupted run: it is published.
+        if not (kind == PREKEY_OTPK and e.code == ErrorCode.RECORD_STALE):
+            raise
+    pk.published = True
+
+
 async def publish_prekeys(client: Client, state: E2EState) -> None:
-    """KEY_PUT the SPKs (one per suite) and every OTPK of ``state``, signed by the DK."""
-    uid, did = client.user_id, client.device_id
+    """KEY_PUT the current SPK of each suite and every OTPK of ``state``, signed by the DK."""
     now = now_ms()
-    dk = DeviceKey(state.dk_seed)
-    for key_id, kind, pk in [(k, PREKEY_SPK, p) for k, p in sorted(state.spks.items())] + [
-        (k, PREKEY_OTPK, p) for k, p in sorted(state.otpks.items())
-    ]:
-        suite = get_suite(pk.suite)
-        _, pub = kem_keypair_from_seed(suite, pk.seed)
-        not_after = pk.not_after_ms or now + SPK_LIFETIME_MS
-        await client.key_put(sign_prekey(dk, uid, did, pk.suite, kind, key_id, pub, not_after))
+    for key_id in sorted(current_spks(state).values()):
+        await _put_prekey(client, state, PREKEY_SPK, key_id, state.spks[key_id], now)
+    for key_id, pk in sorted(state.otpks.items()):
+        await _put_prekey(client, state, PREKEY_OTPK, key_id, pk, now)
+
+
+def plan_prekeys(state: E2EState, now: int) -> bool:
+    """The local half of prekey maintenance (docs/E2E.md, "Prekey maintenance").
+
+    Per suite of the device: a new SPK (new key ID, unpublished) when the current one is
+    older than ``SPK_ROTATE_MS``; old SPK seeds dropped once their successor is published
+    and older than ``SPK_GRACE_MS``; new OTPK seeds (unpublished) up to ``OTPK_COUNT`` when
+    fewer than ``OTPK_LOW`` unused ones are left. Returns whether ``state`` changed.
+    """
+    changed = False
+    for s_id in state.device_suites:
+        cur = current_spks(state).get(s_id)
+        # An unpublished current SPK (an interrupted run) is published, not replaced.
+        spk = state.spks[cur] if cur is not None else None
+        if spk is None or (spk.published and now - spk.created_ms > SPK_ROTATE_MS):
+            key_id = state.next_key_id
+            state.next_key_id += 1
+            state.spks[key_id] = Prekey(
+                os.urandom(32), s_id, now + SPK_LIFETIME_MS, now, published=False
+            )
+            if s_id == state.suite:
+                state.spk_id = key_id
+            changed = True
+        ours = sorted((pk.created_ms, k) for k, pk in state.spks.items() if pk.suite == s_id)
+        for (_c, old), (_c2, succ) in itertools.pairwise(ours):
+            nxt = state.spks[succ]
+            if nxt.published and now - nxt.created_ms > SPK_GRACE_MS:
+                del state.spks[old]
+                changed = True
+        unused = sum(1 for pk in state.otpks.values() if pk.suite == s_id)
+        if unused < OTPK_LOW:
+            for _ in range(OTPK_COUNT - unused):
+                state.otpks[state.next_key_id] = Prekey(
+                    os.urandom(32), s_id, now + OTPK_LIFETIME_MS, now, published=False
+                )
+                state.next_key_id += 1
+            changed = True
+    return changed
+
+
+async def maintain_prekeys(profile: Profile, client: Client, state: E2EState) -> list[Notice]:
+    """Rotate SPKs, drop old SPK seeds and top up OTPKs, then publish what is unpublished.
+
+    The new seeds are saved before any KEY_PUT (nothing is published that we cannot open);
+    after the KEY_PUTs the state is saved again with the keys marked published. A KEY_PUT
+    the server refuses is reported as a warning and retried at the next connect.
+    """
+    now = now_ms()
+    if plan_prekeys(state, now):
+        profile.save_state(state)
+    pending = [
+        (PREKEY_SPK, k, state.spks[k])
+        for k in sorted(current_spks(state).values())
+        if not state.spks[k].published
+    ] + [(PREKEY_OTPK, k, pk) for k, pk in sorted(state.otpks.items()) if not pk.published]
+    if not pending:
+        return []
+    notices: list[Notice] = []
+    try:
+        for kind, key_id, pk in pending:
+            await _put_prekey(client, state, kind, key_id, pk, now)
+    except ServerError as e:
+        notices.append(Notice("warning", f"could not publish new prekeys: {e}"))
+    profile.save_state(state)
+    return notices
 
 
 async def enroll(
@@ -947,7 +1053,9 @@ async def send_text(profile: Profile, user_id: str, text: str) -> tuple[SendBatc
             async with transport_connect(creds) as client:
                 m = Messenger(profile, client, state)
                 if out is None:
-                    out, notices = await m.prepare_text(user_id, text)
+                    notices = await maintain_prekeys(profile, client, state)
+                    out, more = await m.prepare_text(user_id, text)
+                    notices += more
                 for one in out.sends:
                     await client.send(one.message_id, one.payload, one.recipients)
                 m.sent(out, text, user_id)
@@ -972,6 +1080,10 @@ async def receive(
     creds = profile.credentials()
     state = profile.load_state()
     async with transport_connect(creds) as client:
+        for notice in await maintain_prekeys(profile, client, state):
+            res = on_event(notice)
+            if res is not None:
+                await res
         return await Messenger(profile, client, state).receive(on_event, wait=wait)
 
 

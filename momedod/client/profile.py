@@ -69,11 +69,18 @@ def write_private(path: Path, data: bytes) -> None:
 
 @dataclass
 class Prekey:
-    """A private prekey: its KEM seed, suite and expiry (as published)."""
+    """A private prekey: its KEM seed, suite and expiry (as published).
+
+    ``created_ms`` is when the seed was generated (0: unknown, an older state; such an SPK is
+    treated as due for rotation). ``published`` is False from generation until its KEY_PUT
+    succeeded: an interrupted publication is retried at the next connect.
+    """
 
     seed: bytes
     suite: int
     not_after_ms: int = 0
+    created_ms: int = 0
+    published: bool = True
 
 
 @dataclass
@@ -178,11 +185,23 @@ class E2EState:
 
 
 def _prekey_json(p: Prekey) -> dict[str, Any]:
-    return {"seed": p.seed.hex(), "suite": p.suite, "not_after_ms": p.not_after_ms}
+    return {
+        "seed": p.seed.hex(),
+        "suite": p.suite,
+        "not_after_ms": p.not_after_ms,
+        "created_ms": p.created_ms,
+        "published": p.published,
+    }
 
 
 def _prekey_from(v: dict[str, Any]) -> Prekey:
-    return Prekey(bytes.fromhex(v["seed"]), int(v["suite"]), int(v["not_after_ms"]))
+    return Prekey(
+        bytes.fromhex(v["seed"]),
+        int(v["suite"]),
+        int(v["not_after_ms"]),
+        int(v.get("created_ms", 0)),
+        bool(v.get("published", True)),
+    )
 
 
 class Profile:
