@@ -1,4 +1,4 @@
-"""The momedo-tui application: server state and users of a running momedod at a glance.
+"""The momedo-tui application: a live dashboard, the server state and the users of a momedod.
 
 Theory of operation: ``main`` finds the admin socket exactly as momedoctl does (``-c``,
 ``--dev``, ``$MOMEDO_CONFIG``, ``momedod.config.load_config``) and asks for ``server.info``
@@ -8,6 +8,15 @@ every ``refresh_interval`` seconds (and at once on ``r``) in a worker; refreshes
 overlap, a refresh requested while one runs is done right after it. If the daemon goes away
 the last data stays on screen, a status line says what is wrong, and the next refresh
 connects again.
+
+The dashboard is fed by a second connection of its own that runs ``subscribe`` (one
+``stats`` event a second, plus ``log`` events for warnings and errors); when that stream
+drops, the dashboard says why and it is reopened every ``reconnect_interval`` seconds.
+
+User actions (add, disable, enable, new invite, delete) work on the selected row of the
+users table over the request connection; their outcome, or the daemon's error, goes to the
+status line, and the table is refreshed afterwards. Add and invite show the link and its QR
+code in a scrollable dialog (the code of a link is taller than 24 rows with its quiet zone).
 """
 
 from __future__ import annotations
@@ -27,7 +36,8 @@ from textual.containers import Vertical
 from textual.content import Content
 from textual.widgets import DataTable, Footer, Header, Static
 
-from momedo_tui.client import AdminClient, ConnectionProblem
+from momedo_tui.client import AdminClient, ConnectionProblem, subscribe
+from momedo_tui.screens import ConfirmScreen, InviteScreen, NameScreen
 from momedod.admin.locate import add_socket_arguments, socket_path
 from momedod.admin.protocol import AdminError, UserInfo
 from momedod.config import ConfigError
@@ -35,6 +45,10 @@ from momedod.config import ConfigError
 __all__ = ["MomedoTui", "main"]
 
 REFRESH_INTERVAL_S = 2.0
+RECONNECT_S = 2.0
+"""Pause between attempts to reopen the subscribe stream."""
+RECENT_LOG_LINES = 2
+USER_ACTIONS = frozenset({"add_user", "disable_user", "enable_user", "invite_user", "delete_user"})
 _LABEL_WIDTH = 17
 
 
@@ -91,6 +105,49 @@ class ServerPanel(Static):
         self.update(Content.assemble(*parts))
 
 
+def dashboard_lines(stats: dict[str, Any]) -> list[str]:
+    """The two summary lines of the dashboard, from a ``stats`` event (``server.stats``)."""
+    connections = sum(int(listener["connections"]) for listener in stats["listeners"])
+    backlog = f"{stats['mailbox_entries']}"
+    oldest = stats.get("mailbox_oldest_age_s")
+    if oldest is not None:
+        backlog += f" (oldest {_uptime(oldest)})"
+    return [
+        f"Live connections: {connections}   Online devices: {stats['online_devices']}"
+        f"   Uptime: {_uptime(stats['uptime_s'])}",
+        f"Msgs/s accepted: {stats['messages_accepted_per_s']:.1f}"
+        f"   delivered: {stats['messages_delivered_per_s']:.1f}   Backlog: {backlog}",
+    ]
+
+
+def log_line(data: dict[str, Any]) -> str:
+    """One warning or error from a ``log`` event, shortened to a line."""
+    time_text = str(data.get("time", ""))[11:19]
+    fields = data.get("fields") or {}
+    detail = " ".join(f"{k}={v}" for k, v in fields.items()) if isinstance(fields, dict) else ""
+    line = f"{time_text} {str(data.get('level', '?')).upper()} {data.get('event', '?')} {detail}"
+    return line.rstrip()[:74]
+
+
+class Dashboard(Static):
+    """Live figures from the subscribe stream and the latest warnings and errors."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stats_lines = ["Waiting for the event stream…", ""]
+        self.recent: list[str] = []
+        self.problem = ""
+
+    def show(self) -> None:
+        parts: list[str | tuple[str, str]] = ["\n".join(self.stats_lines)]
+        if self.problem:
+            parts += ["\n", (self.problem, "bold $text-error")]
+        logs = self.recent[-RECENT_LOG_LINES:] or ["No warnings or errors since start."]
+        for line in logs:
+            parts += ["\n", (line, "$text-warning" if self.recent else "$text-muted")]
+        self.update(Content.assemble(*parts))
+
+
 class MomedoTui(App[int]):
     """The operator console; ``client`` talks to the daemon's admin socket."""
 
@@ -98,6 +155,11 @@ class MomedoTui(App[int]):
     TITLE = "momedo"
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = [
+        Binding("a", "add_user", "Add"),
+        Binding("d", "disable_user", "Disable"),
+        Binding("e", "enable_user", "Enable"),
+        Binding("i", "invite_user", "Invite"),
+        Binding("x", "delete_user", "Delete"),
         Binding("r", "reload", "Refresh"),
         Binding("q", "quit", "Quit"),
     ]
@@ -107,10 +169,17 @@ class MomedoTui(App[int]):
         client: AdminClient,
         *,
         refresh_interval: float = REFRESH_INTERVAL_S,
+        stats_interval: float = 1.0,
+        reconnect_interval: float = RECONNECT_S,
     ) -> None:
         super().__init__()
         self.client = client
         self.refresh_interval = refresh_interval
+        self.stats_interval = stats_interval
+        self.reconnect_interval = reconnect_interval
+        self._refresh_problem = ""
+        self._note = ""
+        self._note_is_error = False
         self._users: list[UserInfo] | None = None
         self._refresh_wanted = False
         self._refreshing = False
@@ -118,6 +187,7 @@ class MomedoTui(App[int]):
     def compose(self) -> ComposeResult:
         yield Header()
         yield ServerPanel("Waiting for momedod…", id="server")
+        yield Dashboard(id="dashboard")
         with Vertical(id="users-box"):
             yield DataTable(id="users", cursor_type="row", zebra_stripes=True)
         yield Static(id="status")
@@ -126,6 +196,10 @@ class MomedoTui(App[int]):
     def on_mount(self) -> None:
         self.query_one("#server", ServerPanel).border_title = "Server"
         self.query_one("#users-box").border_title = "Users"
+        dashboard = self.query_one("#dashboard", Dashboard)
+        dashboard.border_title = "Dashboard"
+        dashboard.show()
+        self.run_worker(self._stream_loop(), group="subscribe")
         table = self.query_one("#users", DataTable)
         table.add_column("ID", key="id")
         table.add_column("Name", key="name")
@@ -133,6 +207,135 @@ class MomedoTui(App[int]):
         table.add_column("Status", key="status")
         self.request_refresh()
         self.set_interval(self.refresh_interval, self.request_refresh)
+
+    async def _stream_loop(self) -> None:
+        """Feed the dashboard from a subscribe stream; reopen it every few seconds if it drops."""
+        dashboard = self.query_one("#dashboard", Dashboard)
+        while True:
+            try:
+                async for event in subscribe(self.client.path, self.stats_interval):
+                    if event.kind == "stats":
+                        dashboard.stats_lines = dashboard_lines(event.data)
+                        dashboard.problem = ""
+                        dashboard.border_subtitle = f"live {time.strftime('%H:%M:%S')}"
+                    elif event.kind == "log":
+                        dashboard.recent = [*dashboard.recent[-9:], log_line(event.data)]
+                    else:
+                        continue
+                    dashboard.show()
+            except (ConnectionProblem, AdminError) as e:
+                problem = str(e)
+            except (KeyError, TypeError, ValueError) as e:
+                problem = f"unexpected event from momedod ({e!r})"
+            else:
+                problem = "the event stream ended"
+            dashboard.problem = f"{problem} — reconnecting every {self.reconnect_interval:g} s"
+            dashboard.show()
+            await asyncio.sleep(self.reconnect_interval)
+
+    # --- user actions ------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # while a dialog is open only its keys count
+        return not (action in USER_ACTIONS and len(self.screen_stack) > 1)
+
+    def _selected_user(self) -> UserInfo | None:
+        table = self.query_one("#users", DataTable)
+        if not table.row_count or self._users is None:
+            self._set_note("No user selected.", error=True)
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        for user in self._users:
+            if user.user_id == key:
+                return user
+        self._set_note("No user selected.", error=True)
+        return None
+
+    def _set_note(self, message: str, *, error: bool = False) -> None:
+        self._note = message
+        self._note_is_error = error
+        self._show_status()
+
+    def _show_status(self) -> None:
+        status = self.query_one("#status", Static)
+        message = self._refresh_problem or self._note
+        status.update(Content(message))
+        problem = bool(self._refresh_problem) or (bool(self._note) and self._note_is_error)
+        status.set_class(problem, "-problem")
+        status.set_class(bool(message) and not problem, "-note")
+
+    async def _admin(self, cmd: str, done: str, **args: Any) -> dict[str, Any] | None:
+        """Run one changing command; report the outcome in the status line, then refresh."""
+        try:
+            result = await self.client.call(cmd, **args)
+        except (ConnectionProblem, AdminError) as e:
+            self._set_note(f"{cmd} failed: {e}", error=True)
+            return None
+        self._set_note(done)
+        self.request_refresh()
+        return result
+
+    def _show_invite(self, title: str, result: dict[str, Any]) -> None:
+        invite = result["invite"]
+        self.push_screen(InviteScreen(title, str(invite["link"]), str(invite["expires"])))
+
+    def action_add_user(self) -> None:
+        """Ask for a name, create the user and show its invite."""
+
+        def created(name: str | None) -> None:
+            if name:
+                self.run_worker(self._add_user(name), group="action")
+
+        self.push_screen(NameScreen("Name of the new user:"), created)
+
+    async def _add_user(self, name: str) -> None:
+        result = await self._admin("user.add", f"Added {name}.", name=name)
+        if result is not None:
+            user_id = result["user"]["user_id"]
+            self._set_note(f"Added {name} ({user_id}).")
+            self._show_invite(f"Invite for {name} ({user_id})", result)
+
+    def action_disable_user(self) -> None:
+        """Disable the selected user (their devices are disconnected)."""
+        user = self._selected_user()
+        if user is not None:
+            done = f"Disabled {user.name} ({user.user_id})."
+            self.run_worker(self._admin("user.disable", done, user_id=user.user_id))
+
+    def action_enable_user(self) -> None:
+        """Enable the selected user again."""
+        user = self._selected_user()
+        if user is not None:
+            done = f"Enabled {user.name} ({user.user_id})."
+            self.run_worker(self._admin("user.enable", done, user_id=user.user_id))
+
+    def action_invite_user(self) -> None:
+        """Make a new invite for the selected user and show it."""
+        user = self._selected_user()
+        if user is not None:
+            self.run_worker(self._invite_user(user))
+
+    async def _invite_user(self, user: UserInfo) -> None:
+        done = f"New invite for {user.name} ({user.user_id})."
+        result = await self._admin("user.invite", done, user_id=user.user_id)
+        if result is not None:
+            self._show_invite(f"Invite for {user.name} ({user.user_id})", result)
+
+    def action_delete_user(self) -> None:
+        """Delete the selected user after a confirmation."""
+        user = self._selected_user()
+        if user is None:
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes and user is not None:
+                done = f"Deleted {user.name} ({user.user_id})."
+                self.run_worker(self._admin("user.delete", done, user_id=user.user_id))
+
+        question = (
+            f"Delete {user.name} ({user.user_id}) and all their devices? This cannot be undone."
+        )
+        self.push_screen(ConfirmScreen(question), confirmed)
 
     def action_reload(self) -> None:
         """Fetch server state and users now."""
@@ -176,16 +379,14 @@ class MomedoTui(App[int]):
             self._show_problem(f"unexpected reply from momedod ({e!r})")
             return
         self._show_users(users)
-        status = self.query_one("#status", Static)
-        status.update("")
-        status.remove_class("-problem")
+        self._refresh_problem = ""
+        self._show_status()
         updated = time.strftime("%H:%M:%S")
         self.query_one("#server", ServerPanel).border_subtitle = f"updated {updated}"
 
     def _show_problem(self, message: str) -> None:
-        status = self.query_one("#status", Static)
-        status.update(Content(message))
-        status.add_class("-problem")
+        self._refresh_problem = message
+        self._show_status()
 
     def _show_server(self, info: dict[str, Any]) -> None:
         self.query_one("#server", ServerPanel).show_info(info)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,9 @@ from momedod.admin.locate import connect_error
 from momedod.admin.protocol import (
     AdminError,
     AdminErrorCode,
+    Event,
     Request,
+    decode_line,
     decode_response,
     encode_request,
 )
@@ -30,6 +33,7 @@ __all__ = [
     "AdminClient",
     "AdminError",
     "ConnectionProblem",
+    "subscribe",
 ]
 
 READ_LIMIT = 2**22
@@ -126,3 +130,44 @@ class AdminClient:
         if self._writer is not None:
             self._writer.close()
         self._reader = self._writer = None
+
+
+async def subscribe(path: Path, interval: float = 1.0) -> AsyncIterator[Event]:
+    """Open a connection of its own, send ``subscribe`` and yield its events.
+
+    Raises ConnectionProblem when momedod cannot be reached or the stream ends, AdminError when
+    it refuses the subscription or sends a malformed line. The connection is closed on exit.
+    """
+    try:
+        reader, writer = await asyncio.open_unix_connection(os.fspath(path), limit=READ_LIMIT)
+    except OSError as e:
+        raise ConnectionProblem(connect_error(path, e)) from None
+    try:
+        try:
+            writer.write(
+                encode_request(Request(cmd="subscribe", args={"interval": interval}, id=1))
+            )
+            await writer.drain()
+            while True:
+                # stats arrive every interval; silence for much longer means a stuck daemon
+                async with asyncio.timeout(max(10.0, 5 * interval)):
+                    line = await reader.readline()
+                if not line.endswith(b"\n"):
+                    raise ConnectionProblem(f"momedod at {path} closed the event stream")
+                item = decode_line(line)
+                if isinstance(item, Event):
+                    yield item
+                elif item.error is not None:
+                    raise item.error
+        except TimeoutError:
+            raise ConnectionProblem(f"momedod at {path} sent no events for a while") from None
+        except ValueError:
+            raise ConnectionProblem(
+                f"event line from momedod longer than {READ_LIMIT} bytes"
+            ) from None
+        except OSError as e:
+            raise ConnectionProblem(
+                f"lost the event stream from {path}: {e.strerror or e}"
+            ) from None
+    finally:
+        writer.close()
