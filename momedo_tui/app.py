@@ -17,6 +17,8 @@ User actions (add, disable, enable, new invite, delete) work on the selected row
 users table over the request connection; their outcome, or the daemon's error, goes to the
 status line, and the table is refreshed afterwards. Add and invite show the link and its QR
 code in a scrollable dialog (the code of a link is taller than 24 rows with its quiet zone).
+``v`` lists the selected user's devices in a dialog, where ``k`` revokes one after a
+confirmation (momedod disconnects it at once); ``l`` shows the newest audit-log entries.
 """
 
 from __future__ import annotations
@@ -37,7 +39,13 @@ from textual.content import Content
 from textual.widgets import DataTable, Footer, Header, Static
 
 from momedo_tui.client import AdminClient, ConnectionProblem, subscribe
-from momedo_tui.screens import ConfirmScreen, InviteScreen, NameScreen
+from momedo_tui.screens import (
+    AuditScreen,
+    ConfirmScreen,
+    DevicesScreen,
+    InviteScreen,
+    NameScreen,
+)
 from momedod.admin.locate import add_socket_arguments, socket_path
 from momedod.admin.protocol import AdminError, UserInfo
 from momedod.config import ConfigError
@@ -48,7 +56,18 @@ REFRESH_INTERVAL_S = 2.0
 RECONNECT_S = 2.0
 """Pause between attempts to reopen the subscribe stream."""
 RECENT_LOG_LINES = 2
-USER_ACTIONS = frozenset({"add_user", "disable_user", "enable_user", "invite_user", "delete_user"})
+USER_ACTIONS = frozenset(
+    {
+        "add_user",
+        "disable_user",
+        "enable_user",
+        "invite_user",
+        "delete_user",
+        "show_devices",
+        "show_audit",
+        "reload",
+    }
+)
 _LABEL_WIDTH = 17
 
 
@@ -160,6 +179,8 @@ class MomedoTui(App[int]):
         Binding("e", "enable_user", "Enable"),
         Binding("i", "invite_user", "Invite"),
         Binding("x", "delete_user", "Delete"),
+        Binding("v", "show_devices", "Devices"),
+        Binding("l", "show_audit", "Log"),
         Binding("r", "reload", "Refresh"),
         Binding("q", "quit", "Quit"),
     ]
@@ -191,7 +212,7 @@ class MomedoTui(App[int]):
         with Vertical(id="users-box"):
             yield DataTable(id="users", cursor_type="row", zebra_stripes=True)
         yield Static(id="status")
-        yield Footer()
+        yield Footer(compact=True)  # every key fits 80 columns
 
     def on_mount(self) -> None:
         self.query_one("#server", ServerPanel).border_title = "Server"
@@ -336,6 +357,19 @@ class MomedoTui(App[int]):
             f"Delete {user.name} ({user.user_id}) and all their devices? This cannot be undone."
         )
         self.push_screen(ConfirmScreen(question), confirmed)
+
+    def action_show_devices(self) -> None:
+        """List the selected user's devices (revoke one with k there)."""
+        user = self._selected_user()
+        if user is not None:
+            self.push_screen(
+                DevicesScreen(self.client, user.user_id, user.name),
+                lambda _: self.request_refresh(),
+            )
+
+    def action_show_audit(self) -> None:
+        """Show the newest entries of the audit log."""
+        self.push_screen(AuditScreen(self.client))
 
     def action_reload(self) -> None:
         """Fetch server state and users now."""
