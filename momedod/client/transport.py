@@ -18,7 +18,6 @@ from __future__ import annotations
 import hmac
 import json
 import math
-import os
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -30,6 +29,7 @@ from typing import Any
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from momedod.client.files import write_private
 from momedod.protocol import frames as f
 from momedod.protocol.auth import auth_message, enroll_message
 from momedod.protocol.connection import Connection, Role
@@ -76,13 +76,7 @@ class Credentials:
         data = asdict(self)
         data["fingerprint"] = self.fingerprint.hex()
         data["transport_seed"] = self.transport_seed.hex()
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_private(path, json.dumps(data).encode())
 
     @classmethod
     def load(cls, path: Path) -> Credentials:

@@ -46,7 +46,7 @@ from typing import Any
 
 from momedod.store.base import BackupInfo
 from momedod.store.migrations import SQLITE_MIGRATIONS
-from momedod.store.sqlite import DB_FILENAME
+from momedod.store.sqlite import DB_FILENAME, fsync_path
 
 __all__ = [
     "FORMAT_VERSION",
@@ -182,14 +182,6 @@ def _sha256_file(path: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _copy_file(src: Path, dst: Path) -> tuple[int, str]:
     """Copy ``src`` to the new file ``dst`` (mode 0600), fsync it; return (size, sha256)."""
     digest = hashlib.sha256()
@@ -266,7 +258,7 @@ def _copy_tls(state_dir: Path, dest: Path) -> list[str]:
     out_dir.mkdir(mode=0o700)
     for name in names:
         _copy_file(src_dir / name, out_dir / name)
-    _fsync(out_dir)
+    fsync_path(out_dir)
     return [f"{TLS_DIR}/{name}" for name in names]
 
 
@@ -310,7 +302,7 @@ def finish_backup(
             fh.flush()
             os.fsync(fh.fileno())
         os.rename(tmp, dest / MANIFEST_NAME)
-        _fsync(dest)
+        fsync_path(dest)
     except OSError as exc:
         where = exc.filename or dest
         raise BackupError(f"backup to {dest} failed: {where}: {_why(exc)}") from exc
@@ -691,7 +683,7 @@ def _copy_into(backup_dir: Path, tmp: Path, manifest: Manifest) -> None:
     try:
         for directory in sorted(dirs, key=lambda d: len(d.parts), reverse=True):
             os.chmod(directory, 0o700)
-            _fsync(directory)
+            fsync_path(directory)
     except OSError as exc:
         raise BackupError(f"cannot sync {tmp}: {_why(exc)}") from exc
 
@@ -720,7 +712,7 @@ def _swap_in(
                     os.rename(aside, state_dir)
                 aside = None
             raise
-        _fsync(state_dir.parent)
+        fsync_path(state_dir.parent)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise BackupError(

@@ -165,7 +165,8 @@ class _BackupCancelled(Exception):
     """Raised between backup steps once the waiting caller has been cancelled."""
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or directory by path (making a rename or a new file durable)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
@@ -701,8 +702,8 @@ class SQLiteStore(Store):
                 tx = SQLiteTx(dst)
                 version = txn.stored_schema_version(tx)
                 counts = txn.stats(tx)
-        _fsync_path(dest)
-        _fsync_path(dest.parent)
+        fsync_path(dest)
+        fsync_path(dest.parent)
         return BackupInfo(
             engine="sqlite",
             schema_version=version,
