@@ -51,7 +51,13 @@ class Daemon:
         self.presence = Presence()
         self.started = time.monotonic()
         self.open_sessions: set[Session] = set()
-        self.contexts: list[SessionContext] = []
+        # One context for every listener's sessions; a reload updates it in place.
+        self.ctx = SessionContext(
+            store=store,
+            presence=self.presence,
+            sessions=self.open_sessions,
+            **_session_settings(config),
+        )
         self.nursery: trio.Nursery | None = None
         self.sessions: trio.Nursery | None = None
         self.rates = RateSampler(_message_counters, RATE_WINDOW)
@@ -134,32 +140,14 @@ class Daemon:
 
     # --- listeners ------------------------------------------------------------------------
 
-    def _context(self) -> SessionContext:
-        limits = self.config.limits
-        return SessionContext(
-            store=self.store,
-            presence=self.presence,
-            server_name=self.config.server.name,
-            max_frame_bytes=limits.max_frame_bytes,
-            handshake_timeout=limits.handshake_timeout,
-            idle_timeout=limits.idle_timeout,
-            write_timeout=limits.write_timeout,
-            max_recipients=limits.max_recipients,
-            max_record_bytes=limits.max_record_bytes,
-            mailbox_max_messages=limits.mailbox_max_messages,
-            sessions=self.open_sessions,
-        )
-
     async def start_listener(self, ls: ListenerState) -> None:
         assert self.nursery is not None and self.sessions is not None
-        ctx = self._context()
         try:
-            await self.nursery.start(serve_listener, ls, ctx, self.sessions)
+            await self.nursery.start(serve_listener, ls, self.ctx, self.sessions)
         except OSError as e:
             raise StartupError(
                 f"cannot listen on {ls.config.address}:{ls.config.port}: {e.strerror or e}"
             ) from e
-        self.contexts.append(ctx)
         self.listeners.append(ls)
         for host, port in ls.bound:
             log.info("listener.ready", address=host, port=port, tls=f"{ls.config.tls_min_version}+")
@@ -234,16 +222,8 @@ class Daemon:
             except (TLSConfigError, StartupError) as e:
                 ok = False
                 log.error("reload.listener_failed", address=lc.address, port=lc.port, error=str(e))
-        limits = new.limits
-        for ctx in self.contexts:
-            ctx.server_name = new.server.name
-            ctx.max_frame_bytes = limits.max_frame_bytes
-            ctx.handshake_timeout = limits.handshake_timeout
-            ctx.idle_timeout = limits.idle_timeout
-            ctx.write_timeout = limits.write_timeout
-            ctx.max_recipients = limits.max_recipients
-            ctx.max_record_bytes = limits.max_record_bytes
-            ctx.mailbox_max_messages = limits.mailbox_max_messages
+        for name, value in _session_settings(new).items():
+            setattr(self.ctx, name, value)
         self.config = replace(
             new,
             server=replace(new.server, state_dir=old.server.state_dir),
@@ -269,6 +249,21 @@ class Daemon:
                 await trio.sleep(0.05)
         if self.open_sessions:
             log.warning("server.drain_timeout", sessions=len(self.open_sessions))
+
+
+def _session_settings(config: Config) -> dict[str, Any]:
+    """The SessionContext fields that come from the configuration (and change on reload)."""
+    limits = config.limits
+    return {
+        "server_name": config.server.name,
+        "max_frame_bytes": limits.max_frame_bytes,
+        "handshake_timeout": limits.handshake_timeout,
+        "idle_timeout": limits.idle_timeout,
+        "write_timeout": limits.write_timeout,
+        "max_recipients": limits.max_recipients,
+        "max_record_bytes": limits.max_record_bytes,
+        "mailbox_max_messages": limits.mailbox_max_messages,
+    }
 
 
 _KICK_TEXT = {
