@@ -118,6 +118,25 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class PolicyConfig:
+    """``[policy]``: what users may do on their own."""
+
+    users_create_groups: bool = True
+    max_group_size: int = 5000
+
+
+@dataclass(frozen=True)
+class AttachmentsConfig:
+    """``[attachments]``: end-to-end encrypted files (blobs) stored in state_dir/blobs."""
+
+    max_file_mib: int = 25
+    quota_mib_per_user: int = 500
+    ttl_days: int = 30
+    partial_ttl_hours: int = 24
+    collect_interval: float = 3600.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration of one momedod process."""
 
@@ -128,6 +147,8 @@ class Config:
     log: LogConfig = LogConfig()
     storage: StorageConfig = StorageConfig()
     metrics: MetricsConfig = MetricsConfig()
+    policy: PolicyConfig = PolicyConfig()
+    attachments: AttachmentsConfig = AttachmentsConfig()
     source: Path | None = None  # the file it was read from; None: built-in defaults
     dev: bool = False
 
@@ -449,6 +470,39 @@ _METRICS_KEYS = (
 )
 _STORAGE_KEYS = (_Key("engine", _choice(*STORAGE_ENGINES), 'Database engine; only "sqlite" now.'),)
 
+_POLICY_KEYS = (
+    _Key(
+        "users_create_groups",
+        _boolean,
+        "Users may create their own groups from the app (organisation groups and channels\n"
+        "are managed with momedoctl group ...).",
+    ),
+    _Key(
+        "max_group_size",
+        _integer(2, 65535),
+        "Most members of one group or channel (2 to 65535).",
+    ),
+)
+_ATTACHMENTS_KEYS = (
+    _Key("max_file_mib", _integer(1, 4096), "Largest attachment in MiB (as uploaded, encrypted)."),
+    _Key(
+        "quota_mib_per_user",
+        _integer(1, 1048576),
+        "Attachment storage one user may occupy at once, in MiB.",
+    ),
+    _Key(
+        "ttl_days",
+        _count,
+        "Days an attachment is kept after the last message referencing it is gone.",
+    ),
+    _Key(
+        "partial_ttl_hours",
+        _count,
+        "Hours an unfinished upload may wait for its next chunk before it is removed.",
+    ),
+    _Key("collect_interval", _seconds, "Seconds between runs of the attachment collector."),
+)
+
 # TOML table name -> (Config attribute, dataclass, keys, help, is an array of tables)
 _SECTIONS: dict[str, tuple[str, type, tuple[_Key, ...], str, bool]] = {
     "server": ("server", ServerConfig, _SERVER_KEYS, "", False),
@@ -466,6 +520,8 @@ _SECTIONS: dict[str, tuple[str, type, tuple[_Key, ...], str, bool]] = {
     "log": ("log", LogConfig, _LOG_KEYS, "", False),
     "storage": ("storage", StorageConfig, _STORAGE_KEYS, "", False),
     "metrics": ("metrics", MetricsConfig, _METRICS_KEYS, "", False),
+    "policy": ("policy", PolicyConfig, _POLICY_KEYS, "", False),
+    "attachments": ("attachments", AttachmentsConfig, _ATTACHMENTS_KEYS, "", False),
 }
 
 

@@ -8,18 +8,22 @@ commands send more than one request (``user list --all`` follows the list's curs
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import pwd
+import secrets
 import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from momedod.admin import orgkey
 from momedod.admin.locate import add_socket_arguments, connect_error, socket_path
 from momedod.admin.protocol import (
     AdminError,
+    AdminErrorCode,
     AuditInfo,
     DeviceInfo,
     InviteInfo,
@@ -30,6 +34,15 @@ from momedod.admin.protocol import (
     parse_time,
 )
 from momedod.config import ConfigError
+from momedod.e2e.roster import (
+    KIND_CHANNEL,
+    KIND_GROUP,
+    MODE_CHAINS,
+    MODE_MULTI,
+    Roster,
+    parse_roster_record,
+    sign_roster_org,
+)
 from momedod.protocol import userid
 
 __all__ = ["CtlError", "main", "request"]
@@ -257,6 +270,7 @@ def _show_server_info(result: dict[str, Any], args: argparse.Namespace) -> list[
         ("Uptime", _uptime(result["uptime_s"]) if "uptime_s" in result else None),
         ("Public address", result.get("public_address")),
         ("Fingerprint", fingerprint),
+        ("Org key", result.get("org_fingerprint")),
         ("State directory", result.get("state_dir")),
         ("Users", result.get("users")),
         ("Devices", result.get("devices")),
@@ -295,6 +309,11 @@ def _show_server_stats(result: dict[str, Any], args: argparse.Namespace) -> list
         ("Delivered", _rate(result["messages_delivered_per_s"]) + over),
         ("Mailbox backlog", backlog),
         ("Store size", _size(int(result["store_bytes"]))),
+        (
+            "Attachments",
+            f"{_size(int(result.get('blob_bytes', 0)))} in "
+            f"{_count(int(result.get('blobs', 0)), 'file')}",
+        ),
         ("Users", result["users"]),
         ("Devices", result["devices"]),
     ]
@@ -414,6 +433,224 @@ def _backup_visible(result: dict[str, Any]) -> str | None:
     return None
 
 
+# --- groups and the organisation key ---------------------------------------------------------
+
+UPDATE_ATTEMPTS = 3  # a roster change that raced with another operator's is rebuilt and resent
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _key_path(ns: argparse.Namespace) -> Path:
+    return orgkey.locate(ns.config, ns.dev, ns.org_key)
+
+
+def _load_key(path: Path) -> orgkey.OrgKeyFile | None:
+    try:
+        return orgkey.load(path)
+    except orgkey.OrgKeyError as e:
+        raise CtlError(str(e)) from None
+
+
+def _publish(sock: Path, key: orgkey.OrgKeyFile) -> int:
+    """Give momedod the records of ``key``'s chain it lacks; return how many were sent."""
+    info = request(sock, "org.key.get", {})
+    stored = [base64.b64decode(r) for r in info["records"]]
+    try:
+        missing = orgkey.missing_records(stored, key, info["fingerprint"])
+    except orgkey.OrgKeyError as e:
+        raise CtlError(str(e)) from None
+    for record in missing:
+        request(sock, "org.key.put", {"record": _b64(record)})
+    return len(missing)
+
+
+def _ready_key(ns: argparse.Namespace, sock: Path) -> tuple[orgkey.OrgKeyFile, bool, int]:
+    """The organisation key (created on first use) once momedod knows it: (key, created,
+    records published)."""
+    path = _key_path(ns)
+    key = _load_key(path)
+    created = key is None
+    if key is None:
+        try:
+            key = orgkey.create(path)
+        except orgkey.OrgKeyError as e:
+            raise CtlError(str(e)) from None
+    return key, created, _publish(sock, key)
+
+
+def _org_key(ns: argparse.Namespace, sock: Path) -> dict[str, Any]:
+    if not ns.rotate:
+        key, created, published = _ready_key(ns, sock)
+        return {
+            "fingerprint": key.fingerprint,
+            "version": key.version,
+            "path": str(key.path),
+            "created": created,
+            "published": published,
+        }
+    path = _key_path(ns)
+    old = _load_key(path)
+    if old is None:
+        raise CtlError(f"no organisation key at {path} to rotate; create one: momedoctl org key")
+    _publish(sock, old)
+    try:
+        key = orgkey.rotate(old)
+    except orgkey.OrgKeyError as e:
+        raise CtlError(str(e)) from None
+    published = _publish(sock, key)
+    return {
+        "fingerprint": key.fingerprint,
+        "version": key.version,
+        "path": str(key.path),
+        "created": True,
+        "published": published,
+        "previous": {
+            "fingerprint": old.fingerprint,
+            "version": old.version,
+            "path": str(path.with_name(f"{path.name}.{old.version}")),
+        },
+    }
+
+
+def _group_add(ns: argparse.Namespace, sock: Path) -> dict[str, Any]:
+    key, _created, _published = _ready_key(ns, sock)
+    name = " ".join(ns.name).strip()
+    kind = KIND_CHANNEL if ns.channel else KIND_GROUP
+    mode = MODE_MULTI if ns.asymmetric else MODE_CHAINS
+    try:
+        roster = Roster.first(secrets.token_bytes(16), kind, {}, name, mode=mode)
+    except ValueError as e:
+        raise CtlError(f"cannot use this name: {e}") from None
+    record = sign_roster_org(roster, key.key)
+    args = {"name": name, "roster": _b64(record), "kind": kind, "mode": mode}
+    return request(sock, "group.add", args)
+
+
+def _group_change(ns: argparse.Namespace, sock: Path) -> dict[str, Any]:
+    """group members|admins G add|remove USER_ID...: a new org-signed roster."""
+    try:
+        users = [userid.normalize(u) for u in ns.user_ids]
+    except userid.InvalidUserId as e:
+        raise CtlError(str(e)) from None
+    key, _created, _published = _ready_key(ns, sock)
+    for attempt in range(UPDATE_ATTEMPTS):
+        shown = request(sock, "group.show", {"group": ns.target})
+        group = shown["group"]
+        if not group["managed"]:
+            raise CtlError(
+                f"{ns.target} was created by a user; its admins change it in the app "
+                "(operators may only delete it: momedoctl group delete)"
+            )
+        current = parse_roster_record(base64.b64decode(shown["roster"])).roster
+        roles = dict(current.members)
+        # Deleted users (no name any more) cannot be in a new roster: drop them on the way.
+        deleted = {userid.normalize(m["user_id"]) for m in shown["members"] if m["name"] is None}
+        change: orgkey.Change
+        if ns.cmd == "group.members":
+            change = "add" if ns.op == "add" else "remove"
+        else:
+            change = "admin" if ns.op == "add" else "member"
+        wanted = orgkey.change_roles(roles, change, users, deleted)
+        if wanted == roles:
+            return {"group": group, "changed": False}
+        record = sign_roster_org(current.next(members=wanted), key.key)
+        try:
+            result = request(
+                sock, "group.update", {"group": group["conv_id"], "roster": _b64(record)}
+            )
+        except AdminError as e:
+            if e.code == AdminErrorCode.CONFLICT and attempt + 1 < UPDATE_ATTEMPTS:
+                continue  # another change came first: rebuild on top of it
+            raise
+        return {**result, "changed": True}
+    raise AssertionError("unreachable")
+
+
+def _group_title(group: dict[str, Any]) -> str:
+    kind = "Channel" if group["kind"] == "channel" else "Group"
+    name = group.get("name")
+    return f"{kind} {name!r}" if name else f"{kind} {group['conv_id']}"
+
+
+def _show_org_key(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    lines = [
+        f"Organisation key {result['fingerprint']} (version {result['version']})",
+        f"  file  {result['path']}",
+    ]
+    previous = result.get("previous")
+    if previous:
+        lines += [
+            f"Replaces {previous['fingerprint']} (version {previous['version']}), kept as "
+            f"{previous['path']}.",
+            "Existing rosters stay valid; changes from now on are signed with the new key.",
+        ]
+    elif result.get("created"):
+        lines.append(
+            "A new key was created: back up this file now (see docs/ADMIN.md, "
+            '"The organisation key"); momedod never reads it.'
+        )
+    if result.get("published"):
+        lines.append("momedod now puts its fingerprint into new invite links.")
+    return lines
+
+
+def _show_group(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    group = result["group"]
+    short = group["conv_id"][:8]
+    if args.cmd == "group.add":
+        return [
+            f"{_group_title(group)} created (ID {group['conv_id']}).",
+            f"Add members: momedoctl group members {short} add USER_ID...",
+        ]
+    if args.cmd == "group.delete":
+        return [
+            f"{_group_title(group)} deleted; its {_count(group['members'], 'member')} were told."
+        ]
+    if not result.get("changed", True):
+        return [f"No change: {_group_title(group)} already is as asked."]
+    admins = "" if args.cmd == "group.members" else " (admins changed)"
+    return [
+        f"{_group_title(group)} now has {_count(group['members'], 'member')}{admins}; "
+        f"roster version {group['epoch']}, signed with the organisation key."
+    ]
+
+
+def _show_group_list(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    groups = result["groups"]
+    if not groups:
+        return ["No groups yet. Create one with: momedoctl group add NAME [--channel]"]
+    rows = [
+        [
+            g["conv_id"][:12],
+            g["name"] or "(user group)",
+            g["kind"],
+            str(g["members"]),
+            "organisation" if g["managed"] else "user",
+        ]
+        for g in groups
+    ]
+    return _table(["ID", "NAME", "KIND", "MEMBERS", "MANAGED BY"], rows, right={3})
+
+
+def _show_group_show(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    group = result["group"]
+    lines = [
+        f"{_group_title(group)}",
+        f"  id          {group['conv_id']}",
+        f"  managed by  {'the organisation' if group['managed'] else 'its admins (user group)'}",
+        f"  created     {_when(group['created'])}",
+        f"  roster      version {group['epoch']}",
+        f"  members     {group['members']}",
+    ]
+    members = result["members"]
+    if not members:
+        return [*lines, f"No members yet: momedoctl group members {group['conv_id'][:8]} add ID"]
+    rows = [[m["user_id"], m["name"] or "(deleted user)", m["role"]] for m in members]
+    return [*lines, "", *_table(["USER", "NAME", "ROLE"], rows, right=set())]
+
+
 # --- command line ----------------------------------------------------------------------------
 
 _Show = Callable[[dict[str, Any], argparse.Namespace], "list[str] | None"]
@@ -422,9 +659,17 @@ _Show = Callable[[dict[str, Any], argparse.Namespace], "list[str] | None"]
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="momedoctl",
-        description="Manage users and devices of a running momedod through its admin socket.",
+        description="Manage users, devices and groups of a running momedod through its admin "
+        "socket.",
     )
     add_socket_arguments(parser)
+    parser.add_argument(
+        "--org-key",
+        type=Path,
+        metavar="FILE",
+        help="organisation key file (default: $MOMEDO_ORG_KEY, else org.key next to the "
+        "config file, with --dev in ./.momedo-dev)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     # --json is also accepted after the command; SUPPRESS keeps a leading one in effect.
     late_json = argparse.ArgumentParser(add_help=False)
@@ -534,6 +779,50 @@ def _build_parser() -> argparse.ArgumentParser:
         "--action", metavar="ACTION", help="only this action, e.g. user.disable (or user.)"
     )
 
+    org = groups.add_parser("org", help="the organisation key that signs group rosters")
+    orgs = org.add_subparsers(dest="action", required=True, metavar="ACTION")
+    key = command(
+        orgs,
+        "key",
+        "org.key",
+        _show_org_key,
+        "show the organisation key's fingerprint (creating and publishing it on first use)",
+    )
+    key.add_argument(
+        "--rotate",
+        action="store_true",
+        help="replace it with a new key signed by the old one (the old file is kept)",
+    )
+
+    group = groups.add_parser("group", help="organisation groups and announcement channels")
+    group_actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+    gadd = command(group_actions, "add", "group.add", _show_group, "create a group (or --channel)")
+    gadd.add_argument("name", nargs="+", help="its name, shown to members (quotes optional)")
+    gadd.add_argument(
+        "--channel", action="store_true", help="an announcement channel: only admins post"
+    )
+    gadd.add_argument(
+        "--asymmetric",
+        action="store_true",
+        help="encrypt every message to every device (for small sensitive groups)",
+    )
+    command(group_actions, "list", "group.list", _show_group_list, "list groups and channels")
+    for name, show, text in [
+        ("show", _show_group_show, "show a group and its members"),
+        ("delete", _show_group, "delete a group; its members are told"),
+    ]:
+        command(group_actions, name, f"group.{name}", show, text).add_argument(
+            "target", metavar="G", help="group ID (or 6+ of its first hex digits) or name"
+        )
+    for name, text in [
+        ("members", "add or remove members"),
+        ("admins", "make members admins (who post in channels) or take it back"),
+    ]:
+        change = command(group_actions, name, f"group.{name}", _show_group, text)
+        change.add_argument("target", metavar="G", help="group ID, ID prefix or name")
+        change.add_argument("op", choices=("add", "remove"))
+        change.add_argument("user_ids", nargs="+", metavar="USER_ID")
+
     invites = groups.add_parser("invites", help="invite letters for many users at once")
     invite_actions = invites.add_subparsers(dest="action", required=True, metavar="ACTION")
     export = command(
@@ -596,6 +885,8 @@ def _request_args(ns: argparse.Namespace) -> dict[str, Any]:
     if ns.cmd == "invite.bulk":
         return {"scope": "all" if ns.all else "never_enrolled"}
     args: dict[str, Any] = {}
+    if hasattr(ns, "target"):
+        args["group"] = ns.target
     if hasattr(ns, "user_id"):
         args["user_id"] = ns.user_id
     if hasattr(ns, "device_id"):
@@ -603,11 +894,23 @@ def _request_args(ns: argparse.Namespace) -> dict[str, Any]:
     return args
 
 
+# Commands that are more than one request (and sign with the organisation key).
+_FLOWS: dict[str, Callable[[argparse.Namespace, Path], dict[str, Any]]] = {
+    "org.key": _org_key,
+    "group.add": _group_add,
+    "group.members": _group_change,
+    "group.admins": _group_change,
+}
+
+
 def _run(ns: argparse.Namespace) -> dict[str, Any]:
     """Send the command's request(s) and return the (combined) result."""
     if ns.cmd == "invite.bulk" and ns.group is not None:
         raise CtlError(GROUPS_UNAVAILABLE)
     path = socket_path(ns)
+    flow = _FLOWS.get(ns.cmd)
+    if flow is not None:
+        return flow(ns, path)
     timeout = BACKUP_TIMEOUT_S if ns.cmd == "server.backup" else REPLY_TIMEOUT_S
     args = _request_args(ns)
     result = request(path, ns.cmd, args, timeout=timeout)

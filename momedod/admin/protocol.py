@@ -15,6 +15,16 @@ This module holds only the message shapes, so the daemon, ``momedoctl`` and ``mo
 Arguments: :data:`COMMANDS` names the arguments each command requires, :data:`OPTIONAL_ARGS`
 those it also accepts; any other argument is a ``bad_request``.
 
+Groups and the organisation key: binary records travel as standard base64 strings.
+``org.key.get`` answers ``{"records": [...], "version": n, "fingerprint": text-or-null}``;
+``org.key.put {record}`` appends the next OrgKeyRecord (the daemon verifies the chain; it
+never sees the private key). ``group.add {name, roster, kind?, mode?}`` and ``group.update
+{group, roster}`` take a RosterRecord signed with the organisation key (momedoctl signs it);
+``group`` is a conversation ID (32 hex characters), a unique prefix of at least 6, or a
+unique name. ``group.list`` answers ``{"groups": [G, ...]}``, ``group.show`` ``{"group": G,
+"members": [{"user_id", "name", "role"}], "roster": record}``, where ``G`` = ``{"conv_id",
+"name", "kind": "group"|"channel", "managed", "epoch", "members", "created"}``.
+
 Lists are paged. ``user.list`` takes ``limit`` (1-1000, default 100) and ``cursor`` and
 answers ``{"users": [U, ...], "next": cursor-or-null}``; pass ``next`` back as ``cursor`` to
 get the following page (a cursor is an opaque string and stays valid while users are added
@@ -102,6 +112,13 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "device.revoke": ("user_id", "device_id"),
     "audit.list": (),
     "subscribe": (),
+    "org.key.get": (),
+    "org.key.put": ("record",),
+    "group.add": ("name", "roster"),
+    "group.list": (),
+    "group.show": ("group",),
+    "group.update": ("group", "roster"),
+    "group.delete": ("group",),
 }
 
 # Command name -> the arguments it accepts besides the required ones.
@@ -109,6 +126,7 @@ OPTIONAL_ARGS: dict[str, tuple[str, ...]] = {
     "user.list": ("limit", "cursor", "search", "filter"),
     "audit.list": ("limit", "before", "user_id", "action"),
     "subscribe": ("interval",),
+    "group.add": ("kind", "mode"),
 }
 
 USER_LIST_LIMIT = (100, 1000)

@@ -14,6 +14,7 @@ interval and new audit entries and logged warnings/errors as they come (polled e
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import functools
@@ -24,7 +25,7 @@ import stat
 import struct
 import time
 import unicodedata
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,16 +58,36 @@ from momedod.admin.protocol import (
     parse_request,
 )
 from momedod.config import Config
+from momedod.e2e.errors import E2EError
+from momedod.e2e.event import EVENT_DELETED, EVENT_REMOVED, EVENT_ROSTER_CHANGED
+from momedod.e2e.roster import (
+    KIND_CHANNEL,
+    ROLE_ADMIN,
+    SIGNER_ORG,
+    RosterRecord,
+    check_roster_successor,
+    current_org_key,
+    parse_org_key_record,
+    parse_roster_record,
+    verify_roster_signature,
+)
 from momedod.observability import metrics
 from momedod.protocol import userid
 from momedod.protocol.errors import ErrorCode
+from momedod.protocol.invite import fingerprint_text
+from momedod.server.conversations import event_message, roster_change
 from momedod.store import (
     AuditEntry,
     AuditNote,
+    Conflict,
+    Conversation,
+    ConversationSummary,
     Device,
+    FanOut,
     InvalidCursor,
     Invite,
     NotFound,
+    RecordStale,
     Store,
     StoreError,
     User,
@@ -107,6 +128,10 @@ class ServerControl(Protocol):
     def disconnect_user(self, user_id: str, code: ErrorCode) -> int: ...
 
     def disconnect_device(self, user_id: str, device_id: int, code: ErrorCode) -> int: ...
+
+    def publish_events(self, events: Sequence[FanOut]) -> None: ...  # offer to online devices
+
+    def set_org_fp(self, fp: bytes) -> None: ...  # the newest organisation key, for invites
 
     def now_ms(self) -> int: ...
 
@@ -205,6 +230,13 @@ class AdminHandler:
             "device.revoke": self._device_revoke,
             "audit.list": self._audit_list,
             "subscribe": self._subscribe,
+            "org.key.get": self._org_key_get,
+            "org.key.put": self._org_key_put,
+            "group.add": self._group_add,
+            "group.list": self._group_list,
+            "group.show": self._group_show,
+            "group.update": self._group_update,
+            "group.delete": self._group_delete,
         }
         assert self._commands.keys() == COMMANDS.keys()
         self._backup_running = False
@@ -299,6 +331,8 @@ class AdminHandler:
             mailbox_entries=stats.mailbox_entries,
             mailbox_oldest_age_s=None if oldest is None else round(max(0, now - oldest) / 1000, 1),
             store_bytes=size,
+            blobs=stats.blobs,
+            blob_bytes=stats.blob_bytes,
         )
         return result
 
@@ -569,6 +603,205 @@ class AdminHandler:
             )
         return {"subscribed": True, "interval": float(interval)}
 
+    # --- groups and the organisation key ---
+
+    async def _org_key_get(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
+        records = await self._store.list_org_keys()
+        fp = current_org_key(records, None).fp if records else None
+        return {
+            "records": [_b64(r) for r in records],
+            "version": len(records),
+            "fingerprint": None if fp is None else fingerprint_text(fp),
+        }
+
+    async def _org_key_put(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
+        record = _bytes_arg(args, "record")
+        stored = await self._store.list_org_keys()
+        try:
+            key = current_org_key([*stored, record], None)
+            version = parse_org_key_record(record).version
+        except E2EError as e:
+            raise AdminError(
+                AdminErrorCode.INVALID_ARGUMENT,
+                f"organisation key record {len(stored) + 1} does not continue the stored "
+                f"chain ({e})",
+            ) from None
+        shown = fingerprint_text(key.fp)
+        try:
+            await self._store.put_org_key(
+                version,
+                key.fp,
+                record,
+                self.control.now_ms(),
+                audit=AuditNote(
+                    ts_ms=self.control.now_ms(),
+                    uid=peer,
+                    action="org.key.put",
+                    target=shown,
+                ),
+            )
+        except RecordStale as e:
+            raise AdminError(AdminErrorCode.CONFLICT, str(e)) from None
+        self._changed()
+        self.control.set_org_fp(key.fp)
+        _log_action("org.key.put", shown, peer, version=version)
+        return {"version": version, "fingerprint": shown}
+
+    async def _org_roster(self, args: dict[str, Any]) -> RosterRecord:
+        """The ``roster`` argument: parsed, signed by the current organisation key, and not
+        larger than max_group_size."""
+        data = _bytes_arg(args, "roster")
+        try:
+            rec = parse_roster_record(data)
+        except E2EError as e:
+            raise AdminError(AdminErrorCode.INVALID_ARGUMENT, str(e)) from None
+        records = await self._store.list_org_keys()
+        if not records:
+            raise AdminError(
+                AdminErrorCode.CONFLICT,
+                "no organisation key yet; publish one first (momedoctl org key)",
+            )
+        org_key = current_org_key(records, None)
+        if rec.signer_kind != SIGNER_ORG or not verify_roster_signature(rec, org_key=org_key):
+            raise AdminError(
+                AdminErrorCode.INVALID_ARGUMENT,
+                "the roster is not signed by the current organisation key "
+                f"{fingerprint_text(org_key.fp)} (rotated meanwhile? check momedoctl org key)",
+            )
+        limit = self.control.config.policy.max_group_size
+        if len(rec.roster.members) > limit:
+            raise AdminError(
+                AdminErrorCode.INVALID_ARGUMENT,
+                f"{len(rec.roster.members)} members; at most {limit} are allowed "
+                "([policy] max_group_size)",
+            )
+        return rec
+
+    async def _group(self, args: dict[str, Any]) -> Conversation:
+        text = args["group"]
+        if not isinstance(text, str):
+            raise AdminError(AdminErrorCode.BAD_REQUEST, "group must be a string")
+        conv_id = _find_group(await self._store.list_conversations(), text.strip())
+        conv = await self._store.get_conversation(conv_id)
+        if conv is None:
+            raise AdminError(AdminErrorCode.NOT_FOUND, f"no group {text}")
+        return conv
+
+    async def _apply_roster(
+        self,
+        rec: RosterRecord,
+        record: bytes,
+        conv: Conversation | None,
+        action: str,
+        peer: int | None,
+    ) -> Conversation:
+        roster = rec.roster
+        try:
+            applied = await self._store.put_roster(
+                roster_change(rec, record),
+                expected_epoch=None if conv is None else conv.epoch,
+                managed=True,
+                name=roster.title,
+                actor=None,
+                changed=event_message(EVENT_ROSTER_CHANGED, roster.conv_id, roster.epoch),
+                removed=event_message(EVENT_REMOVED, roster.conv_id, roster.epoch),
+                now_ms=self.control.now_ms(),
+                max_per_device=self.control.config.limits.mailbox_max_messages,
+                audit=self._note(action, peer),
+            )
+        except Conflict as e:
+            raise AdminError(AdminErrorCode.CONFLICT, str(e)) from None
+        except NotFound as e:
+            raise AdminError(AdminErrorCode.NOT_FOUND, str(e)) from None
+        self._changed()
+        metrics.CONV_CHANGES.labels("operator").inc()
+        self.control.publish_events(applied.events)
+        _log_action(
+            action, roster.conv_id.hex(), peer, epoch=roster.epoch, members=len(roster.members)
+        )
+        return applied.conversation
+
+    async def _group_add(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
+        name = _name_arg(args)
+        rec = await self._org_roster(args)
+        roster = rec.roster
+        if roster.title != name:
+            raise AdminError(
+                AdminErrorCode.INVALID_ARGUMENT, "the roster's title is not the group's name"
+            )
+        for key, value in (("kind", roster.kind), ("mode", roster.mode)):
+            if key in args and args[key] != value:
+                raise AdminError(
+                    AdminErrorCode.INVALID_ARGUMENT, f"{key} {args[key]!r} differs from the roster"
+                )
+        try:
+            check_roster_successor(None, rec)
+        except E2EError as e:
+            raise AdminError(AdminErrorCode.INVALID_ARGUMENT, str(e)) from None
+        conv = await self._apply_roster(rec, _bytes_arg(args, "roster"), None, "group.add", peer)
+        return {"group": _group_json(_summary(conv))}
+
+    async def _group_list(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
+        convs = await self._store.list_conversations()
+        return {"groups": [_group_json(c) for c in convs]}
+
+    async def _group_show(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
+        conv = await self._group(args)
+        names = {u.user_id: u.name for u in await self._store.list_users()}
+        rosters = await self._store.get_rosters(conv.conv_id, conv.epoch - 1)
+        return {
+            "group": _group_json(_summary(conv)),
+            "members": [
+                {
+                    "user_id": userid.display(uid),
+                    "name": names.get(uid),
+                    "role": "admin" if role == ROLE_ADMIN else "member",
+                }
+                for uid, role in conv.members
+            ],
+            "roster": _b64(rosters[-1]) if rosters else None,
+        }
+
+    async def _group_update(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
+        conv = await self._group(args)
+        if not conv.managed:
+            raise AdminError(
+                AdminErrorCode.CONFLICT,
+                "this group was created by a user; its admins change it in the app "
+                "(an operator may only delete it)",
+            )
+        rec = await self._org_roster(args)
+        stored = await self._store.get_rosters(conv.conv_id, conv.epoch - 1)
+        prev = parse_roster_record(stored[-1]).roster if stored else None
+        try:
+            check_roster_successor(prev, rec)
+        except E2EError as e:
+            code = (
+                AdminErrorCode.CONFLICT
+                if e.reason in ("epoch", "prev_hash")
+                else AdminErrorCode.INVALID_ARGUMENT
+            )
+            raise AdminError(code, str(e)) from None
+        conv = await self._apply_roster(rec, _bytes_arg(args, "roster"), conv, "group.update", peer)
+        return {"group": _group_json(_summary(conv))}
+
+    async def _group_delete(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
+        conv = await self._group(args)
+        try:
+            _gone, event = await self._store.delete_conversation(
+                conv.conv_id,
+                deleted=event_message(EVENT_DELETED, conv.conv_id, conv.epoch),
+                now_ms=self.control.now_ms(),
+                max_per_device=self.control.config.limits.mailbox_max_messages,
+                audit=self._note("group.delete", peer),
+            )
+        except NotFound:
+            raise AdminError(AdminErrorCode.NOT_FOUND, f"no group {args['group']}") from None
+        self._changed()
+        self.control.publish_events([event])
+        _log_action("group.delete", conv.conv_id.hex(), peer, members=len(conv.members))
+        return {"group": _group_json(_summary(conv))}
+
     async def stream_events(
         self, send: Callable[[bytes], Awaitable[None]], interval: float
     ) -> None:
@@ -603,6 +836,66 @@ class AdminHandler:
                 await send(encode_event(Event("log", record)))
                 log_seq = seq
             await trio.sleep(max(0.0, min(STREAM_POLL_S, next_stats - trio.current_time())))
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _bytes_arg(args: dict[str, Any], name: str) -> bytes:
+    value = args[name]
+    if not isinstance(value, str):
+        raise AdminError(AdminErrorCode.BAD_REQUEST, f"{name} must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        raise AdminError(AdminErrorCode.BAD_REQUEST, f"{name} is not valid base64") from None
+
+
+def _summary(conv: Conversation) -> ConversationSummary:
+    return ConversationSummary(
+        conv.conv_id,
+        conv.kind,
+        conv.managed,
+        conv.name,
+        conv.epoch,
+        conv.created_ms,
+        len(conv.members),
+    )
+
+
+def _group_json(conv: ConversationSummary) -> dict[str, Any]:
+    return {
+        "conv_id": conv.conv_id.hex(),
+        "name": conv.name,
+        "kind": "channel" if conv.kind == KIND_CHANNEL else "group",
+        "managed": conv.managed,
+        "epoch": conv.epoch,
+        "members": conv.members,
+        "created": format_time(conv.created_ms),
+    }
+
+
+MIN_GROUP_PREFIX = 6
+
+
+def _find_group(convs: Sequence[ConversationSummary], text: str) -> bytes:
+    """The conversation ``text`` names: its ID, a unique ID prefix of >= 6 hex digits, or
+    its unique name."""
+    lowered = text.lower()
+    if len(lowered) >= MIN_GROUP_PREFIX and all(c in "0123456789abcdef" for c in lowered):
+        hits = [c for c in convs if c.conv_id.hex().startswith(lowered)]
+        if len(hits) == 1:
+            return hits[0].conv_id
+        if len(hits) > 1:
+            raise AdminError(
+                AdminErrorCode.INVALID_ARGUMENT,
+                f"{text!r} matches {len(hits)} groups; give more of the ID",
+            )
+    named = [c for c in convs if c.name == text]
+    if len(named) == 1:
+        return named[0].conv_id
+    raise AdminError(AdminErrorCode.NOT_FOUND, f"no group {text!r} (see momedoctl group list)")
 
 
 def _log_action(action: str, target: str, peer: int | None, **extra: Any) -> None:

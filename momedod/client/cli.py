@@ -1,7 +1,9 @@
 """``momedo``: the reference client's command line, a thin layer over
-:mod:`momedod.client.messenger` (end-to-end encrypted 1:1 chats).
+:mod:`momedod.client.messenger`, :mod:`momedod.client.groups` and
+:mod:`momedod.client.attachments` (end-to-end encrypted chats, groups and files).
 
-Commands: enroll, whoami, status, send, recv, listen, contacts, verify, trust, devices
+Commands: enroll, whoami, status, send (``--group G``, ``--file PATH``), recv, listen
+(``--save-dir DIR``), group create|add|remove, groups, contacts, verify, trust, devices
 (``devices remove ID``), link new, link accept.
 ``--profile DIR`` selects the profile (default ``~/.local/share/momedo``); ``--json`` prints
 machine-readable output (``recv``/``listen``: one JSON object per line).
@@ -20,7 +22,7 @@ from typing import Any
 
 import trio
 
-from momedod.client import linking
+from momedod.client import attachments, groups, linking
 from momedod.client import messenger as m
 from momedod.client.profile import Profile, ProfileError, default_profile, open_profile
 from momedod.client.transport import ClientError, Credentials, connect
@@ -238,6 +240,111 @@ def _uid(text: str) -> str:
         raise m.MessengerError(f"not a user ID: {text!r} ({e})") from None
 
 
+def _groups_text(rows: list[Out], notices: list[m.Notice]) -> None:
+    for n in notices:
+        print(n.line(), file=sys.stderr)
+    if not rows:
+        print("no groups yet")
+    for g in rows:
+        flags = [g["kind"], g["mode"], "organisation" if g["managed"] else "user group"]
+        if g["left"]:
+            flags.append("LEFT")
+        print(
+            f"{g['id']}  {g['title']}  ({', '.join(flags)})  {g['members']} members  "
+            f"epoch {g['epoch']}"
+        )
+        for w in g["warnings"]:
+            print(f"  WARNING: {w}")
+
+
+def _group_cmd(profile: Profile, args: argparse.Namespace, as_json: bool) -> int:
+    uids = [_uid(u) for u in args.user_ids]
+    if args.group_cmd == "create":
+        conv_id, notices = trio.run(
+            lambda: groups.create_group(
+                profile, args.name, uids, channel=args.channel, multi=args.asymmetric
+            )
+        )
+        out: Out = {"group": conv_id.hex(), "name": args.name, "notices": _notices(notices)}
+    else:
+        add = uids if args.group_cmd == "add" else []
+        remove = uids if args.group_cmd == "remove" else []
+        conv_id, notices = trio.run(lambda: groups.change_group(profile, args.group, add, remove))
+        out = {"group": conv_id.hex(), "notices": _notices(notices)}
+    state = profile.load_state()
+    g = state.groups.get(conv_id.hex())
+    if g is not None:
+        out["epoch"] = g.epoch
+        out["members"] = len(groups.Groups.roster(g).members)
+    if as_json:
+        _print(out, True)
+    else:
+        for line in out["notices"]:
+            print(line, file=sys.stderr)
+        print(f"{out['group']}  epoch {out.get('epoch')}  {out.get('members')} members")
+    return 0
+
+
+def _location(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        lat_s, lon_s = text.split(",")
+        lat, lon = float(lat_s), float(lon_s)
+    except ValueError:
+        raise m.MessengerError(f"--location takes LAT,LON in degrees, got {text!r}") from None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise m.MessengerError(f"--location out of range: {text!r}")
+    return lat, lon
+
+
+def _send_other(profile: Profile, args: argparse.Namespace, as_json: bool) -> int:
+    """``send --group G TEXT`` and ``send USER_ID|--group G --file PATH [CAPTION]``."""
+    rest: list[str] = list(args.args)
+    to: str | None = None
+    if args.group is None:
+        if not rest:
+            _err("usage: momedo send USER_ID --file PATH [CAPTION]")
+            return 2
+        to = _uid(rest.pop(0))
+    if len(rest) > 1:
+        _err("give the text (or caption) as one argument, quoted")
+        return 2
+    text = rest[0] if rest else ""
+    if args.file is None:
+        if not text:
+            _err("usage: momedo send --group G TEXT")
+            return 2
+        if args.location is not None:
+            _err("--location goes with --file")
+            return 2
+        sent, notices = trio.run(groups.send_group_text, profile, args.group, text)
+        out: Out = {
+            "group": sent.conv_id.hex(),
+            "group_name": sent.name,
+            "msg_id": sent.message_id.hex(),
+            "devices": list(sent.devices),
+            "notices": _notices(notices),
+        }
+        shown = f'"{sent.name}" ({len(sent.devices)} device(s))'
+    else:
+        loc = _location(args.location)
+        res = trio.run(
+            lambda: attachments.send_file(
+                profile, args.file, to=to, group=args.group, caption=text, location=loc
+            )
+        )
+        out = {**res.json(), "notices": _notices(res.notices)}
+        shown = f"{res.target} ({res.devices} device(s)): {res.name}, {res.size} bytes"
+    if as_json:
+        _print(out, True)
+    else:
+        for line in out["notices"]:
+            print(line, file=sys.stderr)
+        print(f"sent to {shown}")
+    return 0
+
+
 def _run_with(profile: Profile, fn: Callable[[m.Messenger], Awaitable[Out]]) -> Out:
     result: Out = trio.run(m.with_messenger, profile, fn)
     return result
@@ -265,14 +372,37 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("whoami", help="this device's user ID, server and identity fingerprint")
     sub.add_parser("status", help="log in and count waiting messages (without taking them)")
-    p = sub.add_parser("send", help="send an end-to-end encrypted text message")
-    p.add_argument("user_id")
-    p.add_argument("text")
+    p = sub.add_parser(
+        "send",
+        help="send an end-to-end encrypted message",
+        usage="momedo send USER_ID TEXT | --group G TEXT | USER_ID|--group G --file PATH "
+        "[--location LAT,LON] [CAPTION]",
+    )
+    p.add_argument("args", nargs="*", metavar="USER_ID TEXT")
+    p.add_argument("--group", metavar="G", help="send to a group or channel (ID, prefix, name)")
+    p.add_argument("--file", type=Path, metavar="PATH", help="send a file (encrypted)")
+    p.add_argument("--location", metavar="LAT,LON", help="attach a location to the file")
     p = sub.add_parser("recv", help="print waiting messages and exit")
     p.add_argument(
         "--wait", type=float, default=0.0, help="keep listening this many seconds after catch-up"
     )
-    sub.add_parser("listen", help="print messages as they arrive until interrupted")
+    p.add_argument("--save-dir", type=Path, metavar="DIR", help="save received attachments here")
+    p = sub.add_parser("listen", help="print messages as they arrive until interrupted")
+    p.add_argument("--save-dir", type=Path, metavar="DIR", help="save received attachments here")
+    p = sub.add_parser("group", help="create a group or channel, add or remove members")
+    gsub = p.add_subparsers(dest="group_cmd", required=True)
+    gp = gsub.add_parser("create", help="create a group (you are its admin)")
+    gp.add_argument("name")
+    gp.add_argument("user_ids", nargs="*", metavar="USER_ID")
+    gp.add_argument("--channel", action="store_true", help="only admins post (announcements)")
+    gp.add_argument(
+        "--asymmetric", action="store_true", help="per-device wraps instead of sender chains"
+    )
+    for what in ("add", "remove"):
+        gp = gsub.add_parser(what, help=f"{what} members (admins of user groups)")
+        gp.add_argument("group", metavar="G")
+        gp.add_argument("user_ids", nargs="+", metavar="USER_ID")
+    sub.add_parser("groups", help="known groups and channels (verified rosters)")
     sub.add_parser("contacts", help="pinned contacts and their trust level")
     p = sub.add_parser("verify", help="safety number and QR string for a contact")
     p.add_argument("user_id")
@@ -305,7 +435,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # `send` takes its words before and after the options (send USER --file F CAPTION).
+    args, extra = parser.parse_known_args(argv)
+    if extra and (args.cmd != "send" or any(x.startswith("-") for x in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.args = [*args.args, *extra]
     try:
         return _main(args)
     except InvalidInviteLink as e:
@@ -364,9 +500,23 @@ def _main(args: argparse.Namespace) -> int:
         return 0
 
     with profile.locked():
+        if args.cmd == "send" and (args.group, args.file, args.location) != (None, None, None):
+            return _send_other(profile, args, as_json)
+        if args.cmd == "group":
+            return _group_cmd(profile, args, as_json)
+        if args.cmd == "groups":
+            rows, notices = trio.run(groups.list_groups, profile)
+            if as_json:
+                _print({"groups": rows, "notices": _notices(notices)}, True)
+            else:
+                _groups_text(rows, notices)
+            return 0
         if args.cmd == "send":
-            uid = _uid(args.user_id)
-            sent, notices = trio.run(m.send_text, profile, uid, args.text)
+            if len(args.args) != 2:
+                _err("usage: momedo send USER_ID TEXT (or --group G, --file PATH)")
+                return 2
+            uid = _uid(args.args[0])
+            sent, notices = trio.run(m.send_text, profile, uid, args.args[1])
             out = {
                 "to": display(uid),
                 "msg_id": sent.message_id.hex(),
@@ -384,7 +534,8 @@ def _main(args: argparse.Namespace) -> int:
             wait = None if args.cmd == "listen" else max(0.0, args.wait)
             if args.cmd == "listen":
                 signal.signal(signal.SIGTERM, signal.default_int_handler)
-            trio.run(lambda: m.receive(profile, _printer(as_json), wait=wait))
+            save_dir: Path | None = args.save_dir
+            trio.run(lambda: m.receive(profile, _printer(as_json), wait=wait, save_dir=save_dir))
             return 0
         if args.cmd == "contacts":
             out = _run_with(profile, _contacts)

@@ -56,7 +56,7 @@ from momedod.e2e.seal import KEY_KIND_LINK, MSG_ID_LEN, open_seal, seal
 from momedod.e2e.suites import SUITE_XWING, get_suite, kem_keypair_from_seed
 from momedod.e2e.trust import TrustLevel
 from momedod.protocol import frames as f
-from momedod.protocol.invite import InviteLink
+from momedod.protocol.invite import InviteLink, parse_invite_link
 from momedod.protocol.records import DEVICE_FLAG_MANAGER
 from momedod.protocol.userid import display
 
@@ -129,7 +129,8 @@ async def link_new(
             await _emit(on_event, notice)
         secret = os.urandom(16)
         code, expires_ms = await client.link_invite(_invite_ttl(wait))
-        link = InviteLink(creds.host, creds.port, code, creds.fingerprint).format()
+        # Our pinned organisation key goes along, so the new device pins the same one.
+        link = InviteLink(creds.host, creds.port, code, creds.fingerprint, state.org_fp).format()
         res = on_code(format_link_string(link, secret))
         if res is not None:
             await res
@@ -264,6 +265,9 @@ async def link_accept(
         me = Addr(creds.user_id, creds.device_id)
         state = new_state(suite)
         state.uik_seed = None
+        org_fp = parse_invite_link(invite).org_fp
+        if org_fp is not None:
+            state.org_fp, state.org_source = org_fp, "invite"
         lk_seed = os.urandom(32)
         lk_private, lk_pub = kem_keypair_from_seed(get_suite(suite), lk_seed)
         dk_pub = _dk_pub(state.dk_seed)

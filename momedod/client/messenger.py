@@ -13,7 +13,8 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -30,6 +31,7 @@ from momedod.e2e.chain import (
 )
 from momedod.e2e.envelope import Addr, ContentType
 from momedod.e2e.errors import E2EError
+from momedod.e2e.event import is_conv_event
 from momedod.e2e.identity import DeviceKey, HybridPublicKey, UserIdentityKey
 from momedod.e2e.link import is_link_request
 from momedod.e2e.records import (
@@ -64,6 +66,7 @@ from momedod.e2e.suites import (
 from momedod.e2e.trust import KeyChange, Pinned, RogueDevice, TrustStore
 from momedod.protocol import frames as f
 from momedod.protocol.errors import ErrorCode, ProtocolError
+from momedod.protocol.invite import parse_invite_link
 from momedod.protocol.records import (
     DEVICE_FLAG_MANAGER,
     RECORD_DEVICE_LIST,
@@ -72,6 +75,9 @@ from momedod.protocol.records import (
     parse_record,
 )
 from momedod.protocol.userid import display
+
+if TYPE_CHECKING:
+    from momedod.client.groups import Groups
 
 DAY_MS = 86_400_000
 OTPK_COUNT = 20
@@ -150,9 +156,13 @@ class Message:
     msg_id: str
     text: str
     warnings: tuple[str, ...] = ()
+    group: str | None = None  # conv_id hex of a group or channel message
+    group_name: str | None = None
+    attachment: dict[str, Any] | None = None  # see momedod.client.attachments
+    content: bytes = field(default=b"", repr=False)  # the raw ATTACHMENT pointer (secret)
 
     def json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "type": "message",
             "from": display(self.sender),
             "device_id": self.device_id,
@@ -163,11 +173,26 @@ class Message:
             "text": self.text,
             "warnings": list(self.warnings),
         }
+        if self.group is not None:
+            out["group"] = self.group
+            out["group_name"] = self.group_name
+        if self.attachment is not None:
+            out["attachment"] = self.attachment
+        return out
 
     def line(self) -> str:
         who = "me" if self.outgoing else display(self.sender)
+        if self.group is not None:
+            return f"[{self.group_name}] {who} (device {self.device_id}): {self.shown_text()}"
         to = f" → {display(self.peer)}" if self.outgoing and self.peer else ""
-        return f"{who} (device {self.device_id}){to}: {self.text}"
+        return f"{who} (device {self.device_id}){to}: {self.shown_text()}"
+
+    def shown_text(self) -> str:
+        if self.attachment is None:
+            return self.text
+        from momedod.client.attachments import attachment_line
+
+        return attachment_line(self.text, self.attachment)
 
 
 @dataclass(frozen=True)
@@ -482,6 +507,9 @@ async def enroll(
     """Enroll a device from an invite link, create its keys (for ``suites``) and publish them."""
     async with connect_invite(link, name) as (client, creds):
         state = new_state(max(suites), suites)
+        org_fp = parse_invite_link(link).org_fp
+        if org_fp is not None:  # the organisation key travels in the invite: pin it now
+            state.org_fp, state.org_source = org_fp, "invite"
         profile.save_credentials(creds)
         profile.save_state(state)  # seeds first: nothing published that we cannot use
         notices = await publish_keys(client, state)
@@ -505,6 +533,11 @@ class Messenger:
         self.uik_pub: HybridPublicKey = self.uik.public if self.uik else state.uik_public()
         self._dk = Ed25519PrivateKey.from_private_bytes(state.dk_seed)
         self._fetched: dict[str, UserKeys] = {}
+        from momedod.client.groups import Groups  # groups.py builds on this module
+
+        self.groups: Groups = Groups(self)
+        # Set by the receive loop to save attachments (momedod.client.attachments).
+        self.attachment_saver: Callable[[Message], Awaitable[Message]] | None = None
 
     @property
     def device_key(self) -> Ed25519PrivateKey:
@@ -683,17 +716,26 @@ class Messenger:
 
     # sending ------------------------------------------------------------------------------
 
-    async def prepare_text(self, user_id: str, text: str) -> tuple[SendBatch, list[Notice]]:
+    async def prepare_text(
+        self,
+        user_id: str,
+        text: str,
+        *,
+        content_type: int = ContentType.TEXT,
+        content: bytes | None = None,
+    ) -> tuple[SendBatch, list[Notice]]:
         """Encrypt ``text`` to every device of ``user_id`` and our other devices; saves the
         advanced chain states before returning (a chain index is never used twice).
 
         Each device gets the highest suite that both it (in its signed DeviceEntry.suites, with
         a valid SPK) and this device list; devices are grouped by that suite and each group
         is one SEND on our chain of that suite. A device offering less than its pinned suite
-        is skipped (a downgrade: ``momedo trust`` accepts it)."""
+        is skipped (a downgrade: ``momedo trust`` accepts it). ``content_type``/``content``
+        send another content than the text (e.g. an ATTACHMENT pointer)."""
         if user_id == self.me.user_id:
             raise MessengerError("sending to your own user is not supported")
-        content = text.encode()
+        if content is None:
+            content = text.encode()
         if len(content) > MAX_TEXT_BYTES:
             raise MessengerError(f"text longer than {MAX_TEXT_BYTES} bytes")
         peer = await self.fetch_user(user_id)
@@ -746,7 +788,11 @@ class Messenger:
         outs: list[Outgoing] = []
         for suite_id in sorted({t.suite for _, t, _ in targets}, reverse=True):
             group = [(u, t, k) for u, t, k in targets if t.suite == suite_id]
-            outs.append(await self._prepare_group(conv, suite_id, group, now, kvd_, content))
+            outs.append(
+                await self._prepare_group(
+                    conv, suite_id, group, now, kvd_, content, content_type=content_type
+                )
+            )
         # Save the advanced chains before anything leaves: an index is never reused. The new
         # holders are recorded only after ACCEPTED (a lost SEND means a later ChainDist again).
         self.save()
@@ -774,8 +820,14 @@ class Messenger:
         now: int,
         kvd_: bytes,
         content: bytes,
+        *,
+        epoch: int = 0,
+        content_type: int = ContentType.TEXT,
     ) -> Outgoing:
-        """One SEND on our chain of ``suite_id`` in ``conv`` to ``targets`` (all that suite)."""
+        """One SEND on our chain of ``suite_id`` in ``conv`` to ``targets`` (all that suite).
+
+        ``epoch`` is 0 in a 1:1 conversation and the roster epoch in a group (a chain of
+        another epoch is replaced)."""
         names = {_addr_name(u, t.device.device_id) for u, t, _ in targets}
         key = f"{conv.hex()}:{suite_id:04x}"
         st = self.state.sending.get(key)
@@ -785,8 +837,13 @@ class Messenger:
         # devices that hold it differs from the devices to send to (a removed device must not
         # read on; an added one would only get the current key anyway). ``holders`` is empty
         # only before the first ACCEPTED of a chain: then its ChainDist simply goes to all.
-        if chain is None or needs_rotation(chain, now) or (holders and holders != names):
-            chain = SendingChain.new(get_suite(suite_id), self.me, conv, 0, now, chain)
+        if (
+            chain is None
+            or needs_rotation(chain, now)
+            or chain.epoch != epoch
+            or (holders and holders != names)
+        ):
+            chain = SendingChain.new(get_suite(suite_id), self.me, conv, epoch, now, chain)
             holders = set()
         msg_id = os.urandom(MSG_ID_LEN)
         dist = chain.to_dist().encode()
@@ -797,15 +854,7 @@ class Messenger:
             name = _addr_name(uid, dev)
             part = b""
             if name not in holders:
-                kind, key_id, pub = PREKEY_SPK, target.prekey.key_id, target.prekey.pub
-                claimed = await self.client.key_claim(uid, dev, target.suite)
-                if claimed:
-                    try:
-                        otpk = verify_prekey(claimed, keys.device_list, now, kind=PREKEY_OTPK)
-                        if otpk.device_id == dev and otpk.suite == target.suite:
-                            kind, key_id, pub = PREKEY_OTPK, otpk.key_id, otpk.pub
-                    except E2EError:
-                        pass  # a bad OTPK from the server: fall back to the SPK
+                kind, key_id, pub = await self.prekey_for(uid, target, keys, now)
                 part = seal(
                     get_suite(target.suite),
                     self.me,
@@ -821,7 +870,7 @@ class Messenger:
                 )
                 new_holders.append(name)
             recipients.append(f.Recipient(uid, dev, part))
-        payload = chain.encrypt(self._dk, now, msg_id, kvd_, ContentType.TEXT, content)
+        payload = chain.encrypt(self._dk, now, msg_id, kvd_, content_type, content)
         self.state.sending[key] = SendingState(chain.to_bytes(), sorted(holders))
         return Outgoing(
             msg_id,
@@ -834,6 +883,22 @@ class Messenger:
             suite_id,
         )
 
+    async def prekey_for(
+        self, uid: str, target: DeviceTarget, keys: UserKeys, now: int
+    ) -> tuple[int, int, bytes]:
+        """``(key_kind, key_id, public)`` to encrypt to ``target``: a claimed OTPK that
+        verifies against the device list, else the target's SPK."""
+        dev = target.device.device_id
+        claimed = await self.client.key_claim(uid, dev, target.suite)
+        if claimed:
+            try:
+                otpk = verify_prekey(claimed, keys.device_list, now, kind=PREKEY_OTPK)
+                if otpk.device_id == dev and otpk.suite == target.suite:
+                    return PREKEY_OTPK, otpk.key_id, otpk.pub
+            except E2EError:
+                pass  # a bad OTPK from the server: fall back to the SPK
+        return PREKEY_SPK, target.prekey.key_id, target.prekey.pub
+
     def sent(self, out: SendBatch | Outgoing, text: str, to: str) -> None:
         """Record a successful SEND (all of a batch): the new holders of each chain, and the
         message log."""
@@ -842,16 +907,30 @@ class Messenger:
             st = self.state.sending.get(o.conv)
             if st is not None and SendingChain.from_bytes(st.chain).chain_id == o.chain_id:
                 st.holders = sorted(set(st.holders) | set(o.new_holders))
+        self.log_sent(sends[0].message_id, text, to)
+
+    def log_sent(self, message_id: bytes, text: str, to: str) -> None:
+        """Add a sent message to the log and save."""
         self.state.log.append(
-            {
-                "dir": "out",
-                "to": to,
-                "ts_ms": now_ms(),
-                "msg_id": sends[0].message_id.hex(),
-                "text": text,
-            }
+            {"dir": "out", "to": to, "ts_ms": now_ms(), "msg_id": message_id.hex(), "text": text}
         )
         self.save()
+
+    def log_message(self, msg: Message) -> None:
+        """Add a received message to the log (the caller saves)."""
+        self.state.log.append({"dir": "in", **{k: v for k, v in msg.json().items() if k != "type"}})
+
+    def render_content(
+        self, content_type: int, content: bytes
+    ) -> tuple[str, dict[str, Any] | None]:
+        """The text to show for a conversation payload, and attachment metadata if any."""
+        if content_type == ContentType.TEXT:
+            return content.decode("utf-8", errors="replace"), None
+        if content_type == ContentType.ATTACHMENT:
+            from momedod.client.attachments import describe
+
+            return describe(content)
+        return f"(content type {content_type}, not shown by this client)", None
 
     # receiving ----------------------------------------------------------------------------
 
@@ -898,6 +977,14 @@ class Messenger:
         if not ev.part and is_link_request(ev.payload):
             self.state.seen[mid] = now
             return [Notice("info", "ignored a device-link request (no `momedo link new` waiting)")]
+        from momedod.client.groups import is_multi
+
+        if not ev.part and is_conv_event(ev.payload):
+            self.state.seen[mid] = now
+            return await self.groups.on_event(ev.payload)
+        if is_multi(ev.payload):
+            self.state.seen[mid] = now
+            return await self._saved(await self.groups.receive_multi(ev, now))
         try:
             if ev.part:
                 opened, more = await self._open_seal(ev.part)
@@ -905,12 +992,17 @@ class Messenger:
                 sender_hint = f"{display(opened.sender.user_id)} (device {opened.sender.device_id})"
                 if opened.content_type != ContentType.CHAIN_DIST:
                     raise E2EError(reason="content_type")
-                self._check_suite(opened.sender, opened.suite)
+                dist = ChainDist.decode(opened.content)
+                is_group, more = await self.groups.check_dist(dist, opened.sender, opened.suite)
+                notices += more
+                if not is_group:
+                    # A group's suite is chosen from the members' signed device lists (the
+                    # highest all of them list), so the 1:1 suite pins do not apply there.
+                    self._check_suite(opened.sender, opened.suite)
                 self.state.guard.accept(opened.sender, opened.msg_id, opened.ts_ms, now)
                 if opened.key_kind == PREKEY_OTPK:
                     self.state.otpks.pop(opened.key_id, None)
-                dist = ChainDist.decode(opened.content)
-                self._install(dist, opened.sender, opened.suite)
+                self._install(dist, opened.sender, opened.suite, group=is_group)
             chain_suite, chain_id, _n = peek_chain(ev.payload)
             raw = self.state.receiving.get(chain_id.hex())
             if raw is None:
@@ -921,7 +1013,8 @@ class Messenger:
             notices += more
             if dk is None:
                 raise E2EError(reason="unknown_sender")
-            self._check_suite(rc.owner, chain_suite)
+            if self.groups.group(rc.conv_id) is None:
+                self._check_suite(rc.owner, chain_suite)
             conv = rc.decrypt(ev.payload, dk, now)
             if conv.msg_id != ev.message_id:
                 raise E2EError(reason="malformed")
@@ -938,6 +1031,31 @@ class Messenger:
             ]
         self.state.seen[mid] = now
         sender = conv.sender
+        if self.groups.group(conv.conv_id) is not None:
+            # Once per connection: compare the server's membership with the signed roster
+            # (an unsigned change is reported), and learn a newer roster.
+            try:
+                notices += await self.groups.refresh(conv.conv_id)
+            except (ServerError, MessengerError) as e:
+                notices.append(Notice("warning", f"could not check the group's roster: {e}"))
+            key, name, gw = self.groups.context(conv.conv_id, conv.epoch, sender)
+            text, attachment = self.render_content(conv.content_type, conv.content)
+            gmsg = Message(
+                sender.user_id,
+                sender.device_id,
+                None,
+                sender.user_id == self.me.user_id,
+                conv.ts_ms,
+                mid,
+                text,
+                tuple(gw),
+                key,
+                name,
+                attachment,
+                conv.content if attachment is not None else b"",
+            )
+            self.log_message(gmsg)
+            return await self._saved([*notices, gmsg])
         peer = self._peer_of(conv.conv_id, sender.user_id)
         warnings: list[str] = []
         if peer is not None:
@@ -947,10 +1065,7 @@ class Messenger:
                     warnings.append(f"identity key of {display(peer)} changed: not accepted yet")
                 elif conv.kvd != self.kvd_for(peer, c.fp):
                     warnings.append("the sender sees other identity keys than you (KVD differs)")
-        if conv.content_type == ContentType.TEXT:
-            text = conv.content.decode("utf-8", errors="replace")
-        else:
-            text = f"(content type {conv.content_type}, not shown by this client)"
+        text, attachment = self.render_content(conv.content_type, conv.content)
         msg = Message(
             sender.user_id,
             sender.device_id,
@@ -960,13 +1075,27 @@ class Messenger:
             mid,
             text,
             tuple(warnings),
+            attachment=attachment,
+            content=conv.content if attachment is not None else b"",
         )
-        self.state.log.append({"dir": "in", **{k: v for k, v in msg.json().items() if k != "type"}})
-        return [*notices, msg]
+        self.log_message(msg)
+        return await self._saved([*notices, msg])
 
-    def _install(self, dist: ChainDist, owner: Addr, suite_id: int) -> None:
+    async def _saved(self, events: list[Event]) -> list[Event]:
+        """Let the attachment saver (if any) download and save the attachments of
+        ``events``; a failure becomes a warning on the message."""
+        if self.attachment_saver is None:
+            return events
+        out: list[Event] = []
+        for e in events:
+            if isinstance(e, Message) and e.attachment is not None:
+                e = await self.attachment_saver(e)
+            out.append(e)
+        return out
+
+    def _install(self, dist: ChainDist, owner: Addr, suite_id: int, *, group: bool = False) -> None:
         own = owner.user_id == self.me.user_id
-        if not own and dist.conv_id != dm_conv_id(self.me.user_id, owner.user_id):
+        if not own and not group and dist.conv_id != dm_conv_id(self.me.user_id, owner.user_id):
             raise E2EError(reason="conv_id")
         key = dist.chain_id.hex()
         old = self.state.receiving.get(key)
@@ -1076,7 +1205,10 @@ async def receive(
     on_event: Callable[[Event], Awaitable[None] | None],
     *,
     wait: float | None = 0.0,
+    save_dir: Path | None = None,
 ) -> int:
+    """Connect and process deliveries (see :meth:`Messenger.receive`); with ``save_dir``,
+    received attachments are downloaded, checked, decrypted and saved there."""
     creds = profile.credentials()
     state = profile.load_state()
     async with transport_connect(creds) as client:
@@ -1084,7 +1216,12 @@ async def receive(
             res = on_event(notice)
             if res is not None:
                 await res
-        return await Messenger(profile, client, state).receive(on_event, wait=wait)
+        msgr = Messenger(profile, client, state)
+        if save_dir is not None:
+            from momedod.client.attachments import saver
+
+            msgr.attachment_saver = saver(msgr, save_dir)
+        return await msgr.receive(on_event, wait=wait)
 
 
 async def with_messenger(profile: Profile, fn: Callable[[Messenger], Awaitable[Any]]) -> Any:

@@ -72,6 +72,56 @@ class SendingState:
 
 
 @dataclass
+class GroupState:
+    """A group or channel as this device knows it: the newest *verified* roster.
+
+    ``record`` is the RosterRecord of ``epoch`` (signature and chain checked by this client);
+    ``kind``/``managed``/``mode``/``title`` are copies from it for listing. ``warnings`` are the
+    current discrepancies between the server's membership and the roster (shown by
+    ``momedo groups``); ``org_key_version`` is the version of the organisation key that signed
+    ``record`` (0 for a user group); ``left`` is set once the server says we are no longer a
+    member (a hint: sending stops, the roster is kept).
+    """
+
+    record: bytes
+    epoch: int
+    title: str
+    kind: int
+    managed: bool
+    mode: int
+    warnings: list[str] = field(default_factory=list)
+    org_key_version: int = 0
+    left: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "record": self.record.hex(),
+            "epoch": self.epoch,
+            "title": self.title,
+            "kind": self.kind,
+            "managed": self.managed,
+            "mode": self.mode,
+            "warnings": list(self.warnings),
+            "org_key_version": self.org_key_version,
+            "left": self.left,
+        }
+
+    @classmethod
+    def from_json(cls, v: dict[str, Any]) -> GroupState:
+        return cls(
+            bytes.fromhex(v["record"]),
+            int(v["epoch"]),
+            str(v["title"]),
+            int(v["kind"]),
+            bool(v["managed"]),
+            int(v["mode"]),
+            [str(x) for x in v.get("warnings", [])],
+            int(v.get("org_key_version", 0)),
+            bool(v.get("left", False)),
+        )
+
+
+@dataclass
 class E2EState:
     """Everything secret or stateful of the end-to-end layer (``e2e.json``)."""
 
@@ -92,6 +142,9 @@ class E2EState:
     uik_pub: bytes = b""  # UIKPub; set on a linked device (else derived from uik_seed)
     suites: list[int] = field(default_factory=list)  # DeviceEntry.suites; empty: [suite]
     suite_pins: dict[str, int] = field(default_factory=dict)  # "USERID/device" -> suite
+    org_fp: bytes | None = None  # pinned organisation key fingerprint
+    org_source: str = ""  # "invite" (from the invite link) or "tofu" (first use)
+    groups: dict[str, GroupState] = field(default_factory=dict)  # conv_id hex -> group
 
     @property
     def device_suites(self) -> tuple[int, ...]:
@@ -126,6 +179,12 @@ class E2EState:
             "receiving": {c: s.hex() for c, s in sorted(self.receiving.items())},
             "seen": dict(sorted(self.seen.items())),
             "log": self.log[-LOG_KEEP:],
+            "org": (
+                {"fp": self.org_fp.hex(), "source": self.org_source}
+                if self.org_fp is not None
+                else None
+            ),
+            "groups": {c: g.to_json() for c, g in sorted(self.groups.items())},
         }
         return json.dumps(doc, indent=1).encode()
 
@@ -159,6 +218,9 @@ class E2EState:
                 receiving={c: bytes.fromhex(s) for c, s in doc["receiving"].items()},
                 seen={str(k): int(v) for k, v in doc["seen"].items()},
                 log=list(doc["log"]),
+                org_fp=bytes.fromhex(doc["org"]["fp"]) if doc.get("org") else None,
+                org_source=str(doc["org"]["source"]) if doc.get("org") else "",
+                groups={str(c): GroupState.from_json(g) for c, g in doc.get("groups", {}).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ProfileError(f"corrupt end-to-end state: {exc}") from None

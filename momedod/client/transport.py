@@ -173,6 +173,11 @@ class Client:
 
     async def request(self, frame: f.Frame) -> f.Frame:
         """Send a request and wait for its reply; an ERROR reply raises ``ServerError``."""
+        return await self.wait_reply(frame, await self.send_request(frame))
+
+    async def send_request(self, frame: f.Frame) -> trio.MemoryReceiveChannel[f.Frame]:
+        """Send a request without waiting (pipelining: the server answers in order); pass
+        the returned channel to ``wait_reply``."""
         if self._failure is not None:
             raise self._failure
         send, recv = trio.open_memory_channel[f.Frame](1)
@@ -181,6 +186,10 @@ class Client:
             await self._write(frame)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
             raise self._failure or ClientError(f"connection lost: {e}") from e
+        return recv
+
+    async def wait_reply(self, frame: f.Frame, recv: trio.MemoryReceiveChannel[f.Frame]) -> f.Frame:
+        """The reply to ``frame`` sent with ``send_request``; an ERROR raises ``ServerError``."""
         with trio.move_on_after(self.timeout) as scope:
             try:
                 reply = await recv.receive()
@@ -267,6 +276,80 @@ class Client:
         reply = await self.request(f.LinkInvite(self.next_id(), ttl_seconds))
         assert isinstance(reply, f.LinkCode)
         return reply.invite_code, reply.expires_ms
+
+    # --- conversations (groups and channels) -----------------------------------------------
+
+    async def conv_send(
+        self,
+        message_id: bytes,
+        conv_id: bytes,
+        payload: bytes,
+        parts: Sequence[f.Recipient],
+        blob_ids: Sequence[bytes] = (),
+    ) -> f.Accepted:
+        """Post one envelope to a conversation (fanned out by the server to every member
+        device); ``parts`` name only devices with a non-empty part."""
+        reply = await self.request(
+            f.ConvSend(self.next_id(), message_id, conv_id, payload, tuple(parts), tuple(blob_ids))
+        )
+        assert isinstance(reply, f.Accepted)
+        return reply
+
+    async def conv_put(self, conv_id: bytes, roster_record: bytes) -> None:
+        """Create a user group (epoch 1) or publish its next roster."""
+        await self.request(f.ConvPut(self.next_id(), conv_id, roster_record))
+
+    async def conv_get(self, conv_id: bytes, since_epoch: int = 0) -> f.ConvInfo:
+        """The server's membership, the rosters after ``since_epoch`` and the org key records."""
+        reply = await self.request(f.ConvGet(self.next_id(), conv_id, since_epoch))
+        assert isinstance(reply, f.ConvInfo)
+        return reply
+
+    async def conv_list(self) -> list[f.ConvSummary]:
+        """Every conversation this user is a member of (as the server sees it)."""
+        reply = await self.request(f.ConvList(self.next_id()))
+        assert isinstance(reply, f.Convs)
+        return list(reply.convs)
+
+    # --- attachment blobs (momedod.client.blobs drives these) -------------------------------
+
+    async def send_blobs(
+        self,
+        message_id: bytes,
+        payload: bytes,
+        recipients: Sequence[f.Recipient],
+        blob_ids: Sequence[bytes],
+    ) -> f.Accepted:
+        """SEND an envelope that references uploaded attachments (its readers get access)."""
+        reply = await self.request(
+            f.SendBlobs(self.next_id(), message_id, payload, tuple(recipients), tuple(blob_ids))
+        )
+        assert isinstance(reply, f.Accepted)
+        return reply
+
+    async def blob_start(self, blob_id: bytes, size: int) -> f.BlobStatus:
+        """Begin or resume an upload; the status says how many bytes the server holds."""
+        reply = await self.request(f.BlobStart(self.next_id(), blob_id, size))
+        assert isinstance(reply, f.BlobStatus)
+        return reply
+
+    async def blob_chunk(self, blob_id: bytes, offset: int, data: bytes) -> f.BlobStatus:
+        """Upload ``data`` at ``offset`` (which must be what the server has received)."""
+        reply = await self.request(f.BlobChunk(self.next_id(), blob_id, offset, data))
+        assert isinstance(reply, f.BlobStatus)
+        return reply
+
+    async def blob_finish(self, blob_id: bytes, sha256: bytes) -> f.BlobStatus:
+        """Complete an upload; the server checks ``sha256`` of everything it received."""
+        reply = await self.request(f.BlobFinish(self.next_id(), blob_id, sha256))
+        assert isinstance(reply, f.BlobStatus)
+        return reply
+
+    async def blob_get(self, blob_id: bytes, offset: int, length: int) -> f.BlobData:
+        """Read up to ``length`` bytes of a blob from ``offset``."""
+        reply = await self.request(f.BlobGet(self.next_id(), blob_id, offset, length))
+        assert isinstance(reply, f.BlobData)
+        return reply
 
     @property
     def failure(self) -> ClientError | None:

@@ -78,12 +78,16 @@ __all__ = [
     "ROTATE_AFTER_MS",
     "SKIPPED_KEY_TTL_MS",
     "ChainDist",
+    "ConvFields",
     "OpenedConv",
     "ReceivingChain",
     "SendingChain",
     "chain_step",
+    "check_conv_payload",
+    "conv_payload_body",
     "message_key_nonce",
     "needs_rotation",
+    "parse_conv_payload",
     "peek_chain",
 ]
 
@@ -192,7 +196,8 @@ class ChainDist:
 
 @dataclass(frozen=True)
 class OpenedConv:
-    """The verified contents of a Chain envelope."""
+    """The verified contents of a Chain envelope (or of a Multi envelope, see
+    :mod:`momedod.e2e.multi`, where ``chain_id`` is empty and ``n`` is 0)."""
 
     conv_id: bytes
     epoch: int
@@ -204,6 +209,87 @@ class OpenedConv:
     content: bytes
     chain_id: bytes
     n: int
+
+
+def conv_payload_body(
+    conv_id: bytes,
+    epoch: int,
+    sender: Addr,
+    ts_ms: int,
+    msg_id: bytes,
+    kvd: bytes,
+    content_type: int,
+    content: bytes,
+) -> bytes:
+    """A ConvPayload up to and including its padding field: what the ``sig`` covers after the
+    signature prefix (Chain and Multi envelopes share this layout)."""
+    w = Writer().fixed(conv_id, CONV_ID_LEN).u64(epoch)
+    sender.write(w)
+    w.u64(ts_ms).fixed(msg_id, MSG_ID_LEN).fixed(kvd, KVD_LEN).u16(content_type).bytes_(content)
+    w.bytes_(bytes(padding_for(len(w) + 4 + _SIG_TAIL)))
+    return w.getvalue()
+
+
+@dataclass(frozen=True)
+class ConvFields:
+    """The fields of a parsed (not yet verified) ConvPayload."""
+
+    conv_id: bytes
+    epoch: int
+    sender: Addr
+    ts_ms: int
+    msg_id: bytes
+    kvd: bytes
+    content_type: int
+    content: bytes
+    padding: bytes
+    sig: bytes
+
+
+def parse_conv_payload(payload: bytes) -> ConvFields:
+    """Parse a decrypted ConvPayload strictly.
+
+    E2EError reason ``padding`` if its length is not a multiple of 256, ``malformed`` if it
+    does not parse or the sig is not 64 bytes. Nothing is verified yet: see
+    :func:`check_conv_payload`.
+    """
+    if len(payload) % BUCKET:
+        raise _fail("padding")
+    try:
+        p = Reader(payload)
+        conv_id, epoch = p.fixed(CONV_ID_LEN, "conv_id"), p.u64("epoch")
+        sender = Addr.read(p, "sender")
+        ts_ms, msg_id = p.u64("ts_ms"), p.fixed(MSG_ID_LEN, "msg_id")
+        kvd, content_type = p.fixed(KVD_LEN, "kvd"), p.u16("content_type")
+        content = p.bytes_(MAX_U32, "content")
+        padding = p.bytes_(MAX_U32, "padding")
+        sig = p.bytes_(SIG_LEN, "sig")
+        p.finish("payload")
+    except ProtocolError:
+        raise _fail("malformed") from None
+    if len(sig) != SIG_LEN:
+        raise _fail("malformed")
+    return ConvFields(
+        conv_id, epoch, sender, ts_ms, msg_id, kvd, content_type, content, padding, sig
+    )
+
+
+def check_conv_payload(
+    fields: ConvFields, prefix: bytes, payload: bytes, sender_dk_public: bytes
+) -> None:
+    """Check a parsed ConvPayload: all-zero padding (``padding``), a content type allowed in a
+    conversation (``content_type``), and ``sig`` = Ed25519 of the sender's DK over
+    ``Label("conv") | prefix | payload up to the sig field`` (``signature``)."""
+    if not is_zero(fields.padding):
+        raise _fail("padding")
+    if not is_known_content_type(fields.content_type) or fields.content_type in SEAL_ONLY_CONTENT:
+        raise _fail("content_type")
+    try:
+        Ed25519PublicKey.from_public_bytes(sender_dk_public).verify(
+            fields.sig, CONV_LABEL + prefix + payload[:-_SIG_TAIL]
+        )
+    except (InvalidSignature, ValueError):
+        raise _fail("signature") from None
 
 
 def peek_chain(envelope: bytes) -> tuple[int, bytes, int]:
@@ -241,11 +327,7 @@ def _build_envelope(
     """Sign, pad and encrypt one ConvPayload under MK_n (no policy checks: see SendingChain)."""
     hdr = header(EnvelopeType.CHAIN, suite.id)
     aad = Writer().fixed(chain_id, CHAIN_ID_LEN).u32(n).getvalue(hdr)
-    w = Writer().fixed(conv_id, CONV_ID_LEN).u64(epoch)
-    sender.write(w)
-    w.u64(ts_ms).fixed(msg_id, MSG_ID_LEN).fixed(kvd, KVD_LEN).u16(content_type).bytes_(content)
-    w.bytes_(bytes(padding_for(len(w) + 4 + _SIG_TAIL)))
-    signed = w.getvalue()
+    signed = conv_payload_body(conv_id, epoch, sender, ts_ms, msg_id, kvd, content_type, content)
     payload = Writer().bytes_(sender_dk.sign(CONV_LABEL + aad + signed)).getvalue(signed)
     key, nonce = message_key_nonce(suite, mk, chain_id)
     ciphertext = suite.aead_cipher(key).encrypt(nonce, payload, aad)
@@ -589,40 +671,25 @@ class ReceivingChain:
     def _verify_payload(
         self, payload: bytes, aad: bytes, chain_id: bytes, n: int, sender_dk_public: bytes
     ) -> OpenedConv:
-        if len(payload) % BUCKET:
-            raise _fail("padding")
-        try:
-            p = Reader(payload)
-            conv_id, epoch = p.fixed(CONV_ID_LEN, "conv_id"), p.u64("epoch")
-            sender = Addr.read(p, "sender")
-            ts_ms, msg_id = p.u64("ts_ms"), p.fixed(MSG_ID_LEN, "msg_id")
-            kvd, content_type = p.fixed(KVD_LEN, "kvd"), p.u16("content_type")
-            content = p.bytes_(MAX_U32, "content")
-            padding = p.bytes_(MAX_U32, "padding")
-            sig = p.bytes_(SIG_LEN, "sig")
-            p.finish("payload")
-        except ProtocolError:
-            raise _fail("malformed") from None
-        if len(sig) != SIG_LEN:
-            raise _fail("malformed")
-        if conv_id != self.conv_id:
+        f = parse_conv_payload(payload)
+        if f.conv_id != self.conv_id:
             raise _fail("conv_id")
-        if epoch != self.epoch:
+        if f.epoch != self.epoch:
             raise _fail("epoch")
-        if sender != self.owner:
+        if f.sender != self.owner:
             raise _fail("sender")
-        if not is_zero(padding):
-            raise _fail("padding")
-        if not is_known_content_type(content_type) or content_type in SEAL_ONLY_CONTENT:
-            raise _fail("content_type")
-        try:
-            Ed25519PublicKey.from_public_bytes(sender_dk_public).verify(
-                sig, CONV_LABEL + aad + payload[:-_SIG_TAIL]
-            )
-        except (InvalidSignature, ValueError):
-            raise _fail("signature") from None
+        check_conv_payload(f, aad, payload, sender_dk_public)
         return OpenedConv(
-            conv_id, epoch, sender, ts_ms, msg_id, kvd, content_type, content, chain_id, n
+            f.conv_id,
+            f.epoch,
+            f.sender,
+            f.ts_ms,
+            f.msg_id,
+            f.kvd,
+            f.content_type,
+            f.content,
+            chain_id,
+            n,
         )
 
     def to_bytes(self) -> bytes:

@@ -5,7 +5,8 @@ Layout (docs/E2E.md, "Encoding")::
     Header = u16 magic 0x4D44 ("MD") | u8 version = 1 | u8 type | u16 suite
     Addr   = u8[8] user_id | u32 device_id            (device_id >= 1)
 
-Envelope types: 0x01 SEAL, 0x02 CHAIN, 0x03 MULTI, 0x10 RECORD, 0x11 LINK_REQUEST. A content
+Envelope types: 0x01 SEAL, 0x02 CHAIN, 0x03 MULTI, 0x10 RECORD, 0x11 LINK_REQUEST, 0x12 ROSTER,
+0x13 ORG_KEY, 0x20 EVENT (the server's unauthenticated conversation event). A content
 type says what the
 decrypted ``content`` is; three of them (CHAIN_DIST, SYNC, LINK_PROVISION) carry keys or
 private state and are allowed only inside a Seal, never in a conversation envelope.
@@ -54,6 +55,9 @@ class EnvelopeType(IntEnum):
     MULTI = 0x03
     RECORD = 0x10
     LINK_REQUEST = 0x11
+    ROSTER = 0x12
+    ORG_KEY = 0x13
+    EVENT = 0x20
 
 
 class ContentType(IntEnum):

@@ -113,6 +113,33 @@ MAILBOX_ENTRIES_ADDED = Counter(
     "Mailbox entries created (one per recipient device of an accepted message).",
     registry=REGISTRY,
 )
+CONV_MESSAGES = Counter(
+    "momedod_conv_messages_total",
+    "CONV_SENDs (group and channel posts) committed to the store (duplicates excluded).",
+    registry=REGISTRY,
+)
+CONV_FANOUT = Histogram(
+    "momedod_conv_fanout_devices",
+    "Devices one conversation post was enqueued for.",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000),
+    registry=REGISTRY,
+)
+FANOUT_SKIPPED = Counter(
+    "momedod_fanout_skipped_full_total",
+    "Devices a conversation post or event skipped because their mailbox was full.",
+    registry=REGISTRY,
+)
+CONV_EVENTS = Counter(
+    "momedod_conv_events_total",
+    "Conversation events (roster changed, removed, deleted) enqueued, one per device.",
+    registry=REGISTRY,
+)
+CONV_CHANGES = Counter(
+    "momedod_conv_roster_changes_total",
+    "Conversation rosters stored, by origin (user: CONV_PUT, operator: momedoctl group).",
+    ["origin"],
+    registry=REGISTRY,
+)
 MESSAGES_DELIVERED = Counter(
     "momedod_messages_delivered_total", "DELIVER frames sent to devices.", registry=REGISTRY
 )
@@ -164,6 +191,17 @@ ADMIN_REQUESTS = Counter(
     registry=REGISTRY,
 )
 START_TIME = Gauge("momedod_start_time_seconds", "Unix time the daemon started.", registry=REGISTRY)
+BLOB_UPLOADS = Counter(
+    "momedod_blob_uploads_total",
+    "Attachment uploads completed (hash checked, stored durably).",
+    registry=REGISTRY,
+)
+BLOB_COLLECTED = Counter(
+    "momedod_blob_collected_total",
+    "Blobs removed by the collector: expired (unreferenced past the TTL) or partial uploads.",
+    ["kind"],
+    registry=REGISTRY,
+)
 
 
 class StoreSnapshot:
@@ -186,6 +224,8 @@ class StoreSnapshot:
             "momedod_mailbox_entries": "Entries waiting in device mailboxes (backlog).",
             "momedod_mailbox_oldest_age_seconds": "Age of the oldest waiting mailbox entry.",
             "momedod_store_size_bytes": "Size of the database files.",
+            "momedod_blobs": "Complete attachment blobs stored.",
+            "momedod_blob_bytes": "Bytes of stored attachment blobs (unfinished uploads included).",
             "momedod_state_dir_free_bytes": "Free space on the state directory's filesystem.",
             "momedod_state_dir_size_bytes": "Size of the state directory's filesystem.",
         }

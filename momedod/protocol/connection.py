@@ -44,6 +44,18 @@ from .frames import (
     Ack,
     Auth,
     AuthOk,
+    BlobChunk,
+    BlobData,
+    BlobFinish,
+    BlobGet,
+    BlobStart,
+    BlobStatus,
+    ConvGet,
+    ConvInfo,
+    ConvList,
+    ConvPut,
+    Convs,
+    ConvSend,
     Deliver,
     Drained,
     Enroll,
@@ -63,6 +75,7 @@ from .frames import (
     Pong,
     Prekey,
     Send,
+    SendBlobs,
     Welcome,
     encode_frame,
 )
@@ -94,12 +107,35 @@ class State(Enum):
     """Finished (fatal ERROR or protocol violation): no more frames flow."""
 
 
+# Requests a client may send once authenticated, and the replies (other than OK/ERROR) that
+# answer them.
+_CLIENT_REQUESTS: frozenset[type[Frame]] = frozenset(
+    {
+        Send,
+        SendBlobs,
+        ConvSend,
+        Ack,
+        KeyPut,
+        KeyGet,
+        KeyClaim,
+        LinkInvite,
+        ConvPut,
+        ConvGet,
+        ConvList,
+        BlobStart,
+        BlobChunk,
+        BlobFinish,
+        BlobGet,
+    }
+)
+_SERVER_REPLIES: frozenset[type[Frame]] = frozenset(
+    {Accepted, Keys, Prekey, LinkCode, ConvInfo, Convs, BlobStatus, BlobData}
+)
+
 _SENDERS: dict[Role, frozenset[type[Frame]]] = {
-    Role.CLIENT: frozenset(
-        {Hello, Enroll, Auth, Send, Ack, KeyPut, KeyGet, KeyClaim, LinkInvite, Ping, Pong}
-    ),
+    Role.CLIENT: frozenset({Hello, Enroll, Auth, Ping, Pong} | _CLIENT_REQUESTS),
     Role.SERVER: frozenset(
-        {Welcome, AuthOk, Error, Ok, Accepted, Deliver, Drained, Keys, Prekey, LinkCode, Ping, Pong}
+        {Welcome, AuthOk, Error, Ok, Deliver, Drained, Ping, Pong} | _SERVER_REPLIES
     ),
 }
 
@@ -112,10 +148,8 @@ _HANDSHAKE: dict[tuple[Role, State, type[Frame]], State] = {
 }
 
 _READY: dict[Role, frozenset[type[Frame]]] = {
-    Role.CLIENT: frozenset({Send, Ack, KeyPut, KeyGet, KeyClaim, LinkInvite, Ping, Pong}),
-    Role.SERVER: frozenset(
-        {Accepted, Deliver, Drained, Ok, Error, Keys, Prekey, LinkCode, Ping, Pong}
-    ),
+    Role.CLIENT: _CLIENT_REQUESTS | {Ping, Pong},
+    Role.SERVER: _SERVER_REPLIES | {Deliver, Drained, Ok, Error, Ping, Pong},
 }
 
 # request_id must be 0 for these (frames the server sends unasked) ...
@@ -125,10 +159,7 @@ _ZERO_ID: frozenset[tuple[Role, type[Frame]]] = frozenset(
 # ... and non-zero for requests and their replies (a non-fatal ERROR is a reply, too).
 _NONZERO_ID: frozenset[tuple[Role, type[Frame]]] = frozenset(
     {(Role.CLIENT, kind) for kind in _SENDERS[Role.CLIENT] - {Pong}}
-    | {
-        (Role.SERVER, kind)
-        for kind in (Welcome, AuthOk, Accepted, Ok, Keys, Prekey, LinkCode, Pong)
-    }
+    | {(Role.SERVER, kind) for kind in {Welcome, AuthOk, Ok, Pong} | _SERVER_REPLIES}
 )
 
 _OTHER = {Role.CLIENT: Role.SERVER, Role.SERVER: Role.CLIENT}

@@ -45,6 +45,10 @@ class ErrorCode(IntEnum):
     RECORD_STALE = 38
     NOT_FOUND = 39
     BAD_REQUEST = 40
+    FORBIDDEN = 41
+    TOO_LARGE = 42
+    QUOTA_EXCEEDED = 43
+    CONFLICT = 44
     INTERNAL = 63
 
     @property

@@ -17,17 +17,24 @@ import contextlib
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from itertools import pairwise
 from typing import ClassVar, TypeAlias
 
 from .encoding import MAX_U32, USER_ID_LEN, Reader, Writer
 from .errors import ErrorCode, ProtocolError
 
 __all__ = [
+    "BLOB_HASH_LEN",
+    "BLOB_ID_LEN",
+    "CONV_ID_LEN",
     "DEFAULT_MAX_FRAME_BYTES",
     "MAX_ACK_SEQS",
+    "MAX_BLOB_CHUNK",
+    "MAX_BLOB_REFS",
     "MAX_DEVICE_NAME",
     "MAX_ERROR_MESSAGE",
     "MAX_INVITE_CODE",
+    "MAX_MEMBERS_WIRE",
     "MAX_PART",
     "MAX_RECIPIENTS_WIRE",
     "MAX_SERVER_NAME",
@@ -43,6 +50,20 @@ __all__ = [
     "Ack",
     "Auth",
     "AuthOk",
+    "BlobChunk",
+    "BlobData",
+    "BlobFinish",
+    "BlobGet",
+    "BlobStart",
+    "BlobStatus",
+    "ConvGet",
+    "ConvInfo",
+    "ConvList",
+    "ConvMember",
+    "ConvPut",
+    "ConvSend",
+    "ConvSummary",
+    "Convs",
     "Deliver",
     "Drained",
     "Enroll",
@@ -63,6 +84,7 @@ __all__ = [
     "Prekey",
     "Recipient",
     "Send",
+    "SendBlobs",
     "Welcome",
     "decode_frame",
     "encode_frame",
@@ -99,6 +121,18 @@ MAX_ACK_SEQS = 1024
 """Most seqs in one ACK (at least one is required)."""
 MAX_RECIPIENTS_WIRE = 65535
 """Most recipients a SEND may carry at all; the server's max_recipients is usually lower."""
+CONV_ID_LEN = 16
+"""Length of a conversation ID."""
+BLOB_ID_LEN = 16
+"""Length of a blob ID."""
+BLOB_HASH_LEN = 32
+"""Length of the SHA-256 a BLOB_FINISH carries."""
+MAX_BLOB_REFS = 16
+"""Most blob IDs one CONV_SEND/SEND_BLOBS may reference."""
+MAX_BLOB_CHUNK = 262_144
+"""Largest BLOB_CHUNK data and BLOB_GET length (256 KiB)."""
+MAX_MEMBERS_WIRE = 65535
+"""Most members a CONV_INFO may list."""
 
 _HEADER = struct.Struct(">IBI")  # length, type, request_id
 _LENGTH = struct.Struct(">I")
@@ -124,6 +158,8 @@ class FrameType(IntEnum):
     DELIVER = 0x12
     ACK = 0x13
     DRAINED = 0x14
+    CONV_SEND = 0x15
+    SEND_BLOBS = 0x16
     KEY_PUT = 0x20
     KEY_GET = 0x21
     KEYS = 0x22
@@ -131,6 +167,17 @@ class FrameType(IntEnum):
     PREKEY = 0x24
     LINK_INVITE = 0x30
     LINK_CODE = 0x31
+    CONV_PUT = 0x32
+    CONV_GET = 0x33
+    CONV_INFO = 0x34
+    CONV_LIST = 0x35
+    CONVS = 0x36
+    BLOB_START = 0x40
+    BLOB_STATUS = 0x41
+    BLOB_CHUNK = 0x42
+    BLOB_FINISH = 0x43
+    BLOB_GET = 0x44
+    BLOB_DATA = 0x45
 
 
 # -- field helpers -----------------------------------------------------------------------
@@ -389,6 +436,19 @@ class Recipient:
         return cls(r.user_id(), r.u32("device_id"), r.bytes_(MAX_PART, "part"))
 
 
+def _write_recipients(w: Writer, recipients: tuple[Recipient, ...]) -> None:
+    if len(recipients) > MAX_RECIPIENTS_WIRE:
+        raise ValueError(f"{len(recipients)} recipients, at most 65535 allowed")
+    w.u32(len(recipients))
+    for recipient in recipients:
+        recipient._write(w)
+
+
+def _read_recipients(r: Reader, what: str) -> tuple[Recipient, ...]:
+    n = r.count(MAX_RECIPIENTS_WIRE, _RECIPIENT_MIN_SIZE, what)
+    return tuple(Recipient._read(r) for _ in range(n))
+
+
 @dataclass(frozen=True, slots=True)
 class Send:
     """SEND (client to server): store ``payload`` once for every recipient device.
@@ -405,18 +465,13 @@ class Send:
 
     def _write(self, w: Writer) -> None:
         w.fixed(self.message_id, MESSAGE_ID_LEN).bytes_(self.payload)
-        if len(self.recipients) > MAX_RECIPIENTS_WIRE:
-            raise ValueError(f"{len(self.recipients)} recipients, at most 65535 allowed")
-        w.u32(len(self.recipients))
-        for recipient in self.recipients:
-            recipient._write(w)
+        _write_recipients(w, self.recipients)
 
     @classmethod
     def _read(cls, request_id: int, r: Reader) -> Send:
         message_id = r.fixed(MESSAGE_ID_LEN, "message_id")
         payload = r.bytes_(MAX_U32, "payload")
-        n = r.count(MAX_RECIPIENTS_WIRE, _RECIPIENT_MIN_SIZE, "recipients")
-        return cls(request_id, message_id, payload, tuple(Recipient._read(r) for _ in range(n)))
+        return cls(request_id, message_id, payload, _read_recipients(r, "recipients"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -633,6 +688,419 @@ class LinkCode:
         return cls(request_id, r.string(MAX_INVITE_CODE, "invite_code"), r.u64("expires_ms"))
 
 
+# -- conversations -----------------------------------------------------------------------
+
+
+def _write_blob_ids(w: Writer, blob_ids: tuple[bytes, ...]) -> None:
+    if len(blob_ids) > MAX_BLOB_REFS:
+        raise ValueError(f"{len(blob_ids)} blob ids, at most {MAX_BLOB_REFS} allowed")
+    w.u32(len(blob_ids))
+    for blob_id in blob_ids:
+        w.fixed(blob_id, BLOB_ID_LEN)
+
+
+def _read_blob_ids(r: Reader) -> tuple[bytes, ...]:
+    n = r.count(MAX_BLOB_REFS, BLOB_ID_LEN, "blob_ids")
+    return tuple(r.fixed(BLOB_ID_LEN, "blob_id") for _ in range(n))
+
+
+@dataclass(frozen=True, slots=True)
+class ConvSend:
+    """CONV_SEND (client to server): post ``payload`` to a conversation.
+
+    The server checks membership (a channel: admins only) and fans the payload out to every
+    member device and the sender's other devices; ``parts`` name only the devices that get a
+    non-empty part (e.g. a ChainDist Seal or a Multi wrap). ``blob_ids`` are the attachments
+    the message references (their readers get access). Answered with ACCEPTED.
+    """
+
+    request_id: int
+    message_id: bytes
+    conv_id: bytes
+    payload: bytes
+    parts: tuple[Recipient, ...]
+    blob_ids: tuple[bytes, ...] = ()
+    TYPE: ClassVar[int] = FrameType.CONV_SEND
+
+    def _write(self, w: Writer) -> None:
+        w.fixed(self.message_id, MESSAGE_ID_LEN).fixed(self.conv_id, CONV_ID_LEN)
+        w.bytes_(self.payload)
+        _write_recipients(w, self.parts)
+        _write_blob_ids(w, self.blob_ids)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> ConvSend:
+        message_id = r.fixed(MESSAGE_ID_LEN, "message_id")
+        conv_id = r.fixed(CONV_ID_LEN, "conv_id")
+        payload = r.bytes_(MAX_U32, "payload")
+        parts = _read_recipients(r, "parts")
+        return cls(request_id, message_id, conv_id, payload, parts, _read_blob_ids(r))
+
+
+@dataclass(frozen=True, slots=True)
+class SendBlobs:
+    """SEND_BLOBS (client to server): a SEND that references attachments (``blob_ids``)."""
+
+    request_id: int
+    message_id: bytes
+    payload: bytes
+    recipients: tuple[Recipient, ...]
+    blob_ids: tuple[bytes, ...]
+    TYPE: ClassVar[int] = FrameType.SEND_BLOBS
+
+    def _write(self, w: Writer) -> None:
+        w.fixed(self.message_id, MESSAGE_ID_LEN).bytes_(self.payload)
+        _write_recipients(w, self.recipients)
+        _write_blob_ids(w, self.blob_ids)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> SendBlobs:
+        message_id = r.fixed(MESSAGE_ID_LEN, "message_id")
+        payload = r.bytes_(MAX_U32, "payload")
+        recipients = _read_recipients(r, "recipients")
+        return cls(request_id, message_id, payload, recipients, _read_blob_ids(r))
+
+
+@dataclass(frozen=True, slots=True)
+class ConvPut:
+    """CONV_PUT (client to server): create a user group or change its roster (answered OK)."""
+
+    request_id: int
+    conv_id: bytes
+    roster_record: bytes
+    TYPE: ClassVar[int] = FrameType.CONV_PUT
+
+    def _write(self, w: Writer) -> None:
+        w.fixed(self.conv_id, CONV_ID_LEN).bytes_(self.roster_record)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> ConvPut:
+        return cls(request_id, r.fixed(CONV_ID_LEN, "conv_id"), r.bytes_(MAX_U32, "roster_record"))
+
+
+@dataclass(frozen=True, slots=True)
+class ConvGet:
+    """CONV_GET (client to server): a conversation's membership and rosters after an epoch."""
+
+    request_id: int
+    conv_id: bytes
+    since_epoch: int
+    TYPE: ClassVar[int] = FrameType.CONV_GET
+
+    def _write(self, w: Writer) -> None:
+        w.fixed(self.conv_id, CONV_ID_LEN).u64(self.since_epoch)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> ConvGet:
+        return cls(request_id, r.fixed(CONV_ID_LEN, "conv_id"), r.u64("since_epoch"))
+
+
+@dataclass(frozen=True, slots=True)
+class ConvMember:
+    """One member in CONV_INFO: user and role (0 member, 1 admin)."""
+
+    user_id: str
+    role: int
+
+    def _write(self, w: Writer) -> None:
+        if self.role not in (0, 1):
+            raise ValueError(f"role must be 0 or 1, got {self.role}")
+        w.user_id(self.user_id)
+        w.u8(self.role)
+
+    @classmethod
+    def _read(cls, r: Reader) -> ConvMember:
+        user_id = r.user_id()
+        role = r.u8("role")
+        if role > 1:
+            raise ProtocolError(ErrorCode.MALFORMED, f"role: must be 0 or 1, got {role}")
+        return cls(user_id, role)
+
+
+def _strictly_ascending(members: tuple[ConvMember, ...]) -> bool:
+    return all(a.user_id < b.user_id for a, b in pairwise(members))
+
+
+def _write_kind_managed(w: Writer, kind: int, managed: bool) -> None:
+    if kind not in (1, 2):
+        raise ValueError(f"kind must be 1 (group) or 2 (channel), got {kind}")
+    w.u8(kind).u8(int(managed))
+
+
+def _read_kind_managed(r: Reader) -> tuple[int, bool]:
+    kind = r.u8("kind")
+    if kind not in (1, 2):
+        raise ProtocolError(ErrorCode.MALFORMED, f"kind: must be 1 or 2, got {kind}")
+    managed = r.u8("managed")
+    if managed > 1:
+        raise ProtocolError(ErrorCode.MALFORMED, f"managed: must be 0 or 1, got {managed}")
+    return kind, managed == 1
+
+
+@dataclass(frozen=True, slots=True)
+class ConvInfo:
+    """CONV_INFO (server to client): the server's membership, newer rosters, org key records.
+
+    ``members`` are in strictly ascending ``user_id`` order (no user twice); ``rosters`` are
+    the RosterRecords with an epoch above CONV_GET's ``since_epoch``, oldest first;
+    ``org_keys`` every OrgKeyRecord, oldest first. Records are opaque here (docs/E2E.md).
+    """
+
+    request_id: int
+    conv_id: bytes
+    kind: int
+    managed: bool
+    epoch: int
+    members: tuple[ConvMember, ...]
+    rosters: tuple[bytes, ...]
+    org_keys: tuple[bytes, ...]
+    TYPE: ClassVar[int] = FrameType.CONV_INFO
+
+    def _write(self, w: Writer) -> None:
+        w.fixed(self.conv_id, CONV_ID_LEN)
+        _write_kind_managed(w, self.kind, self.managed)
+        w.u64(self.epoch)
+        if len(self.members) > MAX_MEMBERS_WIRE:
+            raise ValueError(f"{len(self.members)} members, at most {MAX_MEMBERS_WIRE}")
+        if not _strictly_ascending(self.members):
+            raise ValueError("members must be in strictly ascending user_id order")
+        w.u32(len(self.members))
+        for member in self.members:
+            member._write(w)
+        w.list_(self.rosters, Writer.bytes_)
+        w.list_(self.org_keys, Writer.bytes_)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> ConvInfo:
+        conv_id = r.fixed(CONV_ID_LEN, "conv_id")
+        kind, managed = _read_kind_managed(r)
+        epoch = r.u64("epoch")
+        n = r.count(MAX_MEMBERS_WIRE, USER_ID_LEN + 1, "members")
+        members = tuple(ConvMember._read(r) for _ in range(n))
+        if not _strictly_ascending(members):
+            raise ProtocolError(
+                ErrorCode.MALFORMED, "members: not in strictly ascending user_id order"
+            )
+        n = r.count(MAX_U32, 4, "rosters")
+        rosters = tuple(r.bytes_(MAX_U32, "roster") for _ in range(n))
+        n = r.count(MAX_U32, 4, "org_keys")
+        org_keys = tuple(r.bytes_(MAX_U32, "org_key") for _ in range(n))
+        return cls(request_id, conv_id, kind, managed, epoch, members, rosters, org_keys)
+
+
+@dataclass(frozen=True, slots=True)
+class ConvList:
+    """CONV_LIST (client to server): the conversations my user is a member of."""
+
+    request_id: int
+    TYPE: ClassVar[int] = FrameType.CONV_LIST
+
+    def _write(self, w: Writer) -> None:
+        pass
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> ConvList:
+        return cls(request_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ConvSummary:
+    """One conversation in CONVS."""
+
+    conv_id: bytes
+    kind: int
+    managed: bool
+    epoch: int
+
+    def _write(self, w: Writer) -> None:
+        w.fixed(self.conv_id, CONV_ID_LEN)
+        _write_kind_managed(w, self.kind, self.managed)
+        w.u64(self.epoch)
+
+    @classmethod
+    def _read(cls, r: Reader) -> ConvSummary:
+        conv_id = r.fixed(CONV_ID_LEN, "conv_id")
+        kind, managed = _read_kind_managed(r)
+        return cls(conv_id, kind, managed, r.u64("epoch"))
+
+
+@dataclass(frozen=True, slots=True)
+class Convs:
+    """CONVS (server to client, reply to CONV_LIST)."""
+
+    request_id: int
+    convs: tuple[ConvSummary, ...]
+    TYPE: ClassVar[int] = FrameType.CONVS
+
+    def _write(self, w: Writer) -> None:
+        w.u32(len(self.convs))
+        for conv in self.convs:
+            conv._write(w)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> Convs:
+        n = r.count(MAX_U32, CONV_ID_LEN + 10, "convs")
+        return cls(request_id, tuple(ConvSummary._read(r) for _ in range(n)))
+
+
+# -- blobs (attachments) -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BlobStart:
+    """BLOB_START (client to server): begin or resume the upload of ``size`` bytes."""
+
+    request_id: int
+    blob_id: bytes
+    size: int
+    TYPE: ClassVar[int] = FrameType.BLOB_START
+
+    def _write(self, w: Writer) -> None:
+        w.fixed(self.blob_id, BLOB_ID_LEN).u64(self.size)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> BlobStart:
+        return cls(request_id, r.fixed(BLOB_ID_LEN, "blob_id"), r.u64("size"))
+
+
+@dataclass(frozen=True, slots=True)
+class BlobStatus:
+    """BLOB_STATUS (server to client): how much of an upload the server holds.
+
+    ``received`` ≤ ``size``; ``complete`` (after BLOB_FINISH) implies ``received == size``.
+    """
+
+    request_id: int
+    blob_id: bytes
+    size: int
+    received: int
+    complete: bool
+    TYPE: ClassVar[int] = FrameType.BLOB_STATUS
+
+    def _write(self, w: Writer) -> None:
+        if self.received > self.size or (self.complete and self.received != self.size):
+            raise ValueError(
+                f"inconsistent status: {self.received} of {self.size} bytes,"
+                f" complete={self.complete}"
+            )
+        w.fixed(self.blob_id, BLOB_ID_LEN).u64(self.size).u64(self.received)
+        w.u8(int(self.complete))
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> BlobStatus:
+        blob_id = r.fixed(BLOB_ID_LEN, "blob_id")
+        size = r.u64("size")
+        received = r.u64("received")
+        flag = r.u8("complete")
+        if flag > 1:
+            raise ProtocolError(ErrorCode.MALFORMED, f"complete: must be 0 or 1, got {flag}")
+        if received > size:
+            raise ProtocolError(ErrorCode.MALFORMED, "received: larger than size")
+        if flag == 1 and received != size:
+            raise ProtocolError(ErrorCode.MALFORMED, "complete: set but received != size")
+        return cls(request_id, blob_id, size, received, flag == 1)
+
+
+@dataclass(frozen=True, slots=True)
+class BlobChunk:
+    """BLOB_CHUNK (client to server): ``data`` at ``offset`` of an upload."""
+
+    request_id: int
+    blob_id: bytes
+    offset: int
+    data: bytes
+    TYPE: ClassVar[int] = FrameType.BLOB_CHUNK
+
+    def _write(self, w: Writer) -> None:
+        if not self.data:
+            raise ValueError("a BLOB_CHUNK needs at least one byte")
+        w.fixed(self.blob_id, BLOB_ID_LEN).u64(self.offset).bytes_(self.data, MAX_BLOB_CHUNK)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> BlobChunk:
+        blob_id = r.fixed(BLOB_ID_LEN, "blob_id")
+        offset = r.u64("offset")
+        data = r.bytes_(MAX_BLOB_CHUNK, "data")
+        if not data:
+            raise ProtocolError(ErrorCode.MALFORMED, "data: must not be empty")
+        return cls(request_id, blob_id, offset, data)
+
+
+@dataclass(frozen=True, slots=True)
+class BlobFinish:
+    """BLOB_FINISH (client to server): the upload is complete; ``sha256`` of all its bytes."""
+
+    request_id: int
+    blob_id: bytes
+    sha256: bytes
+    TYPE: ClassVar[int] = FrameType.BLOB_FINISH
+
+    def _write(self, w: Writer) -> None:
+        w.fixed(self.blob_id, BLOB_ID_LEN).fixed(self.sha256, BLOB_HASH_LEN)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> BlobFinish:
+        return cls(request_id, r.fixed(BLOB_ID_LEN, "blob_id"), r.fixed(BLOB_HASH_LEN, "sha256"))
+
+
+@dataclass(frozen=True, slots=True)
+class BlobGet:
+    """BLOB_GET (client to server): read ``length`` bytes of a blob from ``offset``."""
+
+    request_id: int
+    blob_id: bytes
+    offset: int
+    length: int
+    TYPE: ClassVar[int] = FrameType.BLOB_GET
+
+    def _write(self, w: Writer) -> None:
+        if not 1 <= self.length <= MAX_BLOB_CHUNK:
+            raise ValueError(f"length must be 1..{MAX_BLOB_CHUNK}, got {self.length}")
+        w.fixed(self.blob_id, BLOB_ID_LEN).u64(self.offset).u32(self.length)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> BlobGet:
+        blob_id = r.fixed(BLOB_ID_LEN, "blob_id")
+        offset = r.u64("offset")
+        length = r.u32("length")
+        if not 1 <= length <= MAX_BLOB_CHUNK:
+            raise ProtocolError(
+                ErrorCode.MALFORMED, f"length: must be 1..{MAX_BLOB_CHUNK}, got {length}"
+            )
+        return cls(request_id, blob_id, offset, length)
+
+
+@dataclass(frozen=True, slots=True)
+class BlobData:
+    """BLOB_DATA (server to client): bytes of a blob from ``offset``.
+
+    ``data`` never extends past ``size``; it is empty when ``offset`` is at or beyond the end.
+    """
+
+    request_id: int
+    blob_id: bytes
+    size: int
+    offset: int
+    data: bytes
+    TYPE: ClassVar[int] = FrameType.BLOB_DATA
+
+    def _write(self, w: Writer) -> None:
+        if self.data and self.offset + len(self.data) > self.size:
+            raise ValueError("data extends past the end of the blob")
+        w.fixed(self.blob_id, BLOB_ID_LEN).u64(self.size).u64(self.offset)
+        w.bytes_(self.data, MAX_BLOB_CHUNK)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> BlobData:
+        blob_id = r.fixed(BLOB_ID_LEN, "blob_id")
+        size = r.u64("size")
+        offset = r.u64("offset")
+        data = r.bytes_(MAX_BLOB_CHUNK, "data")
+        if data and offset + len(data) > size:
+            raise ProtocolError(ErrorCode.MALFORMED, "data: extends past the end of the blob")
+        return cls(request_id, blob_id, size, offset, data)
+
+
 Frame: TypeAlias = (
     Hello
     | Welcome
@@ -655,6 +1123,19 @@ Frame: TypeAlias = (
     | Prekey
     | LinkInvite
     | LinkCode
+    | ConvSend
+    | SendBlobs
+    | ConvPut
+    | ConvGet
+    | ConvInfo
+    | ConvList
+    | Convs
+    | BlobStart
+    | BlobStatus
+    | BlobChunk
+    | BlobFinish
+    | BlobGet
+    | BlobData
 )
 """Any frame of protocol v1."""
 
@@ -682,6 +1163,19 @@ FRAME_CLASSES: dict[int, type[Frame]] = {
         Prekey,
         LinkInvite,
         LinkCode,
+        ConvSend,
+        SendBlobs,
+        ConvPut,
+        ConvGet,
+        ConvInfo,
+        ConvList,
+        Convs,
+        BlobStart,
+        BlobStatus,
+        BlobChunk,
+        BlobFinish,
+        BlobGet,
+        BlobData,
     )
 }
 """Frame class by type byte."""

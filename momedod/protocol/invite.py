@@ -3,12 +3,16 @@
 An invite link carries everything a new device needs to connect safely::
 
     momedo://HOST:PORT/invite/CODE#FINGERPRINT
+    momedo://HOST:PORT/invite/CODE#FINGERPRINT.ORGFP
 
 ``HOST`` is a DNS name, an IPv4 address or an IPv6 address in brackets; ``PORT`` is 1-65535;
 ``CODE`` is the invite code (Crockford base32, normally 20 characters = 100 bits);
-``FINGERPRINT`` is the SHA-256 of the server certificate's DER encoding as RFC 4648 base32,
-upper case, without padding (52 characters). The client pins that fingerprint: after the TLS
-handshake it compares it with the certificate the server presented, and no CA is consulted.
+``FINGERPRINT`` is the SHA-256 of the server certificate's public key (SubjectPublicKeyInfo,
+DER) as RFC 4648 base32, upper case, without padding (52 characters). The client pins that
+fingerprint: after the TLS handshake it compares it with the certificate the server
+presented, and no CA is consulted. ``ORGFP``, present once the organisation has an
+organisation key, is that key's 32-byte fingerprint in the same text form; the client pins
+it to verify organisation-signed rosters (docs/E2E.md).
 """
 
 from __future__ import annotations
@@ -133,14 +137,16 @@ class InviteLink:
     """A parsed invite link. ``str(link)`` gives the canonical link text.
 
     ``host`` holds IPv6 addresses without brackets; ``code`` is the canonical invite code;
-    ``fingerprint`` the 32-byte certificate fingerprint. Invalid values raise
-    :class:`InvalidInviteLink`.
+    ``fingerprint`` the 32-byte certificate fingerprint; ``org_fp`` the 32-byte organisation
+    key fingerprint, or None if the link carries none (no organisation key yet, or an older
+    server). Invalid values raise :class:`InvalidInviteLink`.
     """
 
     host: str
     port: int
     code: str
     fingerprint: bytes
+    org_fp: bytes | None = None
 
     def __post_init__(self) -> None:
         _check_host(self.host)
@@ -154,11 +160,17 @@ class InviteLink:
             raise InvalidInviteLink(f"invite code {self.code!r} is not in canonical form")
         if len(self.fingerprint) != FINGERPRINT_LEN:
             raise InvalidInviteLink(f"fingerprint must be 32 bytes, got {len(self.fingerprint)}")
+        if self.org_fp is not None and len(self.org_fp) != FINGERPRINT_LEN:
+            raise InvalidInviteLink(
+                f"organisation key fingerprint must be 32 bytes, got {len(self.org_fp)}"
+            )
 
     def format(self) -> str:
-        """Return the link text ``momedo://HOST:PORT/invite/CODE#FINGERPRINT``."""
+        """Return the link text ``momedo://HOST:PORT/invite/CODE#FINGERPRINT[.ORGFP]``."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         fp = fingerprint_text(self.fingerprint)
+        if self.org_fp is not None:
+            fp += "." + fingerprint_text(self.org_fp)
         return f"{_SCHEME}{host}:{self.port}/invite/{self.code}#{fp}"
 
     def __str__(self) -> str:
@@ -169,8 +181,9 @@ def parse_invite_link(text: str) -> InviteLink:
     """Parse an invite link; raise :class:`InvalidInviteLink` naming what is wrong.
 
     The scheme is case-insensitive, surrounding whitespace is ignored, the code is normalised
-    like a typed code (so dashes and lower case are accepted), the fingerprint is
-    case-insensitive.
+    like a typed code (so dashes and lower case are accepted), the fingerprints are
+    case-insensitive. The fragment is the certificate fingerprint, optionally followed by
+    ``.`` and the organisation key fingerprint.
     """
     link = text.strip()
     if link[: len(_SCHEME)].lower() != _SCHEME:
@@ -209,8 +222,17 @@ def parse_invite_link(text: str) -> InviteLink:
         code = normalize_invite_code(code_text)
     except ValueError as exc:
         raise InvalidInviteLink(str(exc)) from None
+    cert_text, dot, org_text = fp_text.partition(".")
     try:
-        fp = parse_fingerprint_text(fp_text)
+        fp = parse_fingerprint_text(cert_text)
     except ValueError as exc:
         raise InvalidInviteLink(f"certificate fingerprint: {exc}") from None
-    return InviteLink(host, port, code, fp)
+    org_fp = None
+    if dot:
+        if "." in org_text:
+            raise InvalidInviteLink("the fingerprint part has more than two fingerprints")
+        try:
+            org_fp = parse_fingerprint_text(org_text)
+        except ValueError as exc:
+            raise InvalidInviteLink(f"organisation key fingerprint: {exc}") from None
+    return InviteLink(host, port, code, fp, org_fp)

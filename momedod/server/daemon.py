@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,16 +18,20 @@ import momedod
 from momedod.admin.events import RateSampler, counter_total, install_log_hook
 from momedod.admin.server import AdminHandler, serve_admin
 from momedod.config import Config, ConfigError, ListenerConfig, load_config
+from momedod.e2e.errors import E2EError
+from momedod.e2e.roster import current_org_key
 from momedod.observability import logging as mlog
 from momedod.observability import metrics
 from momedod.observability import systemd as sd
 from momedod.protocol.errors import ErrorCode
 from momedod.protocol.invite import InviteLink, fingerprint_text
+from momedod.server import blobs, conversations
+from momedod.server.blobstore import BlobFiles
 from momedod.server.listener import ListenerState, serve_listener
 from momedod.server.presence import Presence
 from momedod.server.session import Session, SessionContext
 from momedod.server.tls import TLSConfigError, TLSMaterial, ensure_self_signed, load_material
-from momedod.store import Store, StoreError, open_store
+from momedod.store import FanOut, Store, StoreError, open_store
 
 log = structlog.get_logger("momedod")
 
@@ -56,11 +61,15 @@ class Daemon:
             store=store,
             presence=self.presence,
             sessions=self.open_sessions,
+            blob_files=BlobFiles(config.server.state_dir / "blobs"),
             **_session_settings(config),
         )
         self.nursery: trio.Nursery | None = None
         self.sessions: trio.Nursery | None = None
         self.rates = RateSampler(_message_counters, RATE_WINDOW)
+        # Fingerprint of the newest organisation key (its records are in the store; the
+        # private key stays with momedoctl); put into invite links once there is one.
+        self.org_fp: bytes | None = None
 
     def now_ms(self) -> int:
         return time.time_ns() // 1_000_000
@@ -81,7 +90,13 @@ class Daemon:
 
     def invite_link(self, code: str) -> str:
         host, port = self.public_address()
-        return str(InviteLink(host, port, code, self.fingerprint))
+        return str(InviteLink(host, port, code, self.fingerprint, self.org_fp))
+
+    def set_org_fp(self, fp: bytes) -> None:
+        self.org_fp = fp
+
+    def publish_events(self, events: Sequence[FanOut]) -> None:
+        conversations.publish_events(self.presence, events)
 
     def server_info(self) -> dict[str, Any]:
         host, port = self.public_address()
@@ -91,6 +106,7 @@ class Daemon:
             "uptime_s": round(time.monotonic() - self.started, 1),
             "public_address": f"{host}:{port}",
             "fingerprint": fingerprint_text(self.fingerprint),
+            "org_fingerprint": None if self.org_fp is None else fingerprint_text(self.org_fp),
             "state_dir": str(self.config.server.state_dir),
             "online_devices": len(self.presence),
             "listeners": [
@@ -263,6 +279,9 @@ def _session_settings(config: Config) -> dict[str, Any]:
         "max_recipients": limits.max_recipients,
         "max_record_bytes": limits.max_record_bytes,
         "mailbox_max_messages": limits.mailbox_max_messages,
+        "users_create_groups": config.policy.users_create_groups,
+        "max_group_size": config.policy.max_group_size,
+        "attachments": config.attachments,
     }
 
 
@@ -313,6 +332,8 @@ async def _store_gauges(daemon: Daemon) -> None:
                 "momedod_users": stats.users,
                 "momedod_devices": stats.devices,
                 "momedod_mailbox_entries": stats.mailbox_entries,
+                "momedod_blobs": stats.blobs,
+                "momedod_blob_bytes": stats.blob_bytes,
             }
             oldest = stats.oldest_entry_ms
             values["momedod_mailbox_oldest_age_seconds"] = (
@@ -328,6 +349,18 @@ async def _store_gauges(daemon: Daemon) -> None:
         except (StoreError, OSError) as e:
             log.warning("metrics.store_gauges_failed", error=str(e))
         await trio.sleep(GAUGE_INTERVAL)
+
+
+async def _stored_org_fp(store: Store) -> bytes | None:
+    """The newest organisation key's fingerprint, if the store holds a valid chain."""
+    records = await store.list_org_keys()
+    if not records:
+        return None
+    try:
+        return current_org_key(records, None).fp
+    except E2EError as e:
+        log.error("org_key.invalid_chain", error=str(e), note="invite links carry no org key")
+        return None
 
 
 def _message_counters() -> tuple[float, float]:
@@ -402,6 +435,7 @@ async def serve(
     metrics_server = None
     try:
         daemon = Daemon(config, store, [])
+        daemon.org_fp = await _stored_org_fp(store)
         if config.metrics.enabled:
             try:
                 metrics_server = metrics.serve(config.metrics.address, config.metrics.port)
@@ -423,6 +457,7 @@ async def serve(
                     f"{config.admin.socket}: cannot create admin socket: {e.strerror or e}"
                 ) from e
             nursery.start_soon(_housekeeping, daemon)
+            nursery.start_soon(blobs.run_collector, daemon.ctx)
             nursery.start_soon(_store_gauges, daemon)
             nursery.start_soon(_rate_sampler, daemon)
             nursery.start_soon(_loop_lag)

@@ -28,6 +28,8 @@ from typing import Any
 import structlog
 import trio
 
+from momedod.config import AttachmentsConfig
+from momedod.e2e.event import is_conv_event
 from momedod.observability import metrics
 from momedod.protocol import frames as f
 from momedod.protocol.auth import auth_message, enroll_message, verify_signature
@@ -41,8 +43,11 @@ from momedod.protocol.records import (
     parse_record,
 )
 from momedod.protocol.userid import display
+from momedod.server import blobs, conversations
+from momedod.server.blobstore import BlobFiles
 from momedod.server.presence import Presence
 from momedod.store import (
+    BlobNotFound,
     InviteExpired,
     InviteInvalid,
     MailboxEntry,
@@ -72,6 +77,8 @@ LINGER_BYTES = 1 << 20
 
 _ids = count(1)
 
+EVENT_FORGED = "the payload starts like a server event; only the server sends those"
+
 
 @dataclass
 class SessionContext:
@@ -88,34 +95,16 @@ class SessionContext:
     max_record_bytes: int
     mailbox_max_messages: int
     sessions: set[Session] = field(default_factory=set)  # every open session, for shutdown
+    attachments: AttachmentsConfig = field(default_factory=AttachmentsConfig)
+    blob_files: BlobFiles | None = None  # STATE/blobs; None: attachments are refused
+    users_create_groups: bool = True  # [policy]
+    max_group_size: int = 5000
 
 
 # Metric label of each frame class, e.g. KeyPut -> "key_put".
 _KIND: dict[type, str] = {
     cls: "".join("_" + c.lower() if c.isupper() else c for c in cls.__name__).lstrip("_")
-    for cls in (
-        f.Hello,
-        f.Welcome,
-        f.Enroll,
-        f.Auth,
-        f.AuthOk,
-        f.Error,
-        f.Ok,
-        f.Ping,
-        f.Pong,
-        f.Send,
-        f.Accepted,
-        f.Deliver,
-        f.Ack,
-        f.Drained,
-        f.KeyPut,
-        f.KeyGet,
-        f.Keys,
-        f.KeyClaim,
-        f.Prekey,
-        f.LinkInvite,
-        f.LinkCode,
-    )
+    for cls in f.FRAME_CLASSES.values()
 }
 
 
@@ -420,6 +409,10 @@ class Session:
             await self._send(f.Prekey(frame.request_id, record or b""))
         elif isinstance(frame, f.LinkInvite):
             await self._on_link_invite(frame)
+        elif isinstance(frame, f.ConvSend | f.ConvPut | f.ConvGet | f.ConvList):
+            await conversations.handle(self, frame)
+        elif isinstance(frame, f.SendBlobs | f.BlobStart | f.BlobChunk | f.BlobFinish | f.BlobGet):
+            await blobs.handle(self, frame)
         elif isinstance(frame, f.Hello):
             await self._on_hello(frame)
         elif isinstance(frame, f.Auth):
@@ -530,7 +523,7 @@ class Session:
         assert self._nursery is not None
         self._nursery.start_soon(self._pump)
 
-    async def _on_send(self, frame: f.Send) -> None:
+    async def _on_send(self, frame: f.Send | f.SendBlobs) -> None:
         rid = frame.request_id
         n = len(frame.recipients)
         if not 1 <= n <= self.ctx.max_recipients:
@@ -544,6 +537,9 @@ class Session:
         if len(addrs) != n:
             await self._error(rid, ErrorCode.BAD_REQUEST, "a recipient device is named twice")
             return
+        if is_conv_event(frame.payload):
+            await self._error(rid, ErrorCode.BAD_REQUEST, EVENT_FORGED)
+            return
         try:
             result = await self.ctx.store.enqueue(
                 self.addr,
@@ -552,7 +548,11 @@ class Session:
                 [Recipient(r.user_id, r.device_id, r.part) for r in frame.recipients],
                 now_ms(),
                 self.ctx.mailbox_max_messages,
+                frame.blob_ids if isinstance(frame, f.SendBlobs) else (),
             )
+        except BlobNotFound as e:
+            await self._error(rid, ErrorCode.NOT_FOUND, str(e))
+            return
         except UnknownRecipient as e:
             await self._error(
                 rid,

@@ -7,13 +7,14 @@ A backup is a directory::
     momedo.sqlite3      consistent snapshot of the database (Store.backup), one file
     tls/cert.pem        copy of STATE_DIR/tls/, if the server has one (files mode 0600)
     tls/key.pem
+    blobs/ab/ab12...    the complete attachment blobs the database copy knows (hard links to
+                        the live files when on the same filesystem: they never change)
     MANIFEST.json       written last; a directory without it is an unfinished backup
 
 The manifest names every other file with its size and SHA-256, so a truncated, damaged or
 altered backup is recognised before anything is restored. File paths are relative and
-``/``-separated and may lie in subdirectories: blobs (attachments) will be added as a
-``blobs/`` tree of further entries, which restore copies like any other file. Readers refuse a
-manifest whose ``format_version`` is newer than theirs.
+``/``-separated and may lie in subdirectories (the ``blobs/`` tree), which restore copies like
+any other file. Readers refuse a manifest whose ``format_version`` is newer than theirs.
 
 Writing (in the daemon, see ``server.backup`` in :mod:`momedod.admin.server`):
 :func:`prepare_backup_dir`, then ``Store.backup``, then :func:`finish_backup` (TLS copy and
@@ -71,6 +72,7 @@ MANIFEST_NAME = "MANIFEST.json"
 FORMAT_NAME = "momedo-backup"
 FORMAT_VERSION = 1
 TLS_DIR = "tls"
+BLOBS_DIR = "blobs"
 SERVICE_USER = "momedo"
 # Names a file system or a desktop may put into any directory; never part of a backup.
 IGNORABLE = frozenset({"lost+found", ".DS_Store", "Thumbs.db"})
@@ -95,7 +97,7 @@ class ManifestFile:
     """One file of a backup: ``path`` relative to the backup directory, ``/``-separated."""
 
     path: str
-    kind: str  # "database", "tls"; later "blob"
+    kind: str  # "database", "tls", "blob"
     size: int
     sha256: str  # lower-case hex
 
@@ -262,6 +264,35 @@ def _copy_tls(state_dir: Path, dest: Path) -> list[str]:
     return [f"{TLS_DIR}/{name}" for name in names]
 
 
+def _copy_blobs(state_dir: Path, dest: Path) -> list[str]:
+    """Link (else copy) into dest/blobs the complete blobs of the database copy in ``dest``;
+    their paths. A blob collected since the snapshot is skipped (its row then names no file,
+    which the server answers like an unknown blob)."""
+    uri = (dest / DB_FILENAME).resolve().as_uri() + "?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+        rows = conn.execute("SELECT blob_id FROM blobs WHERE complete = 1 ORDER BY blob_id")
+        names = [bytes(row[0]).hex() for row in rows]
+    paths: list[str] = []
+    dirs: set[Path] = set()
+    for name in names:
+        rel = f"{BLOBS_DIR}/{name[:2]}/{name}"
+        src, dst = state_dir / rel, dest / rel
+        if not src.is_file():
+            continue
+        dst.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        dirs.update((dst.parent, dest / BLOBS_DIR))
+        try:
+            os.link(src, dst)
+        except OSError as exc:  # another filesystem, or no hard links there
+            if exc.errno == errno.ENOENT:
+                continue
+            _copy_file(src, dst)
+        paths.append(rel)
+    for directory in sorted(dirs, reverse=True):
+        fsync_path(directory)
+    return paths
+
+
 def finish_backup(
     dest: Path,
     state_dir: Path,
@@ -277,10 +308,11 @@ def finish_backup(
     """
     try:
         tls_files = _copy_tls(state_dir, dest)
+        blob_files = _copy_blobs(state_dir, dest)
         entries = []
-        for rel in (*info.files, *tls_files):
+        for rel in (*info.files, *tls_files, *blob_files):
             size, sha = _sha256_file(dest / rel)
-            kind = "database" if rel in info.files else "tls"
+            kind = "database" if rel in info.files else "tls" if rel in tls_files else "blob"
             entries.append(ManifestFile(rel, kind, size, sha))
         manifest = Manifest(
             format_version=FORMAT_VERSION,
@@ -330,8 +362,9 @@ def discard_backup(dest: Path, *, remove_dir: bool) -> None:
     ):
         with contextlib.suppress(OSError):
             (dest / name).unlink()
-    with contextlib.suppress(OSError):
-        shutil.rmtree(dest / TLS_DIR)
+    for tree in (TLS_DIR, BLOBS_DIR):
+        with contextlib.suppress(OSError):
+            shutil.rmtree(dest / tree)
     if remove_dir:
         with contextlib.suppress(OSError):
             dest.rmdir()

@@ -20,9 +20,18 @@ __all__ = [
     "AuditEntry",
     "AuditNote",
     "BackupInfo",
+    "BlobInfo",
+    "BlobNotFound",
+    "BlobTooLarge",
+    "Conflict",
+    "Conversation",
+    "ConversationSummary",
     "Device",
     "DeviceRevoked",
     "EnqueueResult",
+    "EventMessage",
+    "FanOut",
+    "Forbidden",
     "InvalidCursor",
     "Invite",
     "InviteExpired",
@@ -30,8 +39,11 @@ __all__ = [
     "MailboxEntry",
     "MailboxFull",
     "NotFound",
+    "QuotaExceeded",
     "Recipient",
     "RecordStale",
+    "RosterApplied",
+    "RosterChange",
     "StorageFull",
     "Store",
     "StoreError",
@@ -108,6 +120,7 @@ class EnqueueResult:
     duplicate: bool
     server_ts_ms: int
     deliveries: tuple[tuple[str, int, int], ...]
+    skipped_full: int = 0  # conversation fan-out: devices skipped because their mailbox is full
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +143,8 @@ class StoreStats:
     mailbox_entries: int
     payloads: int
     oldest_entry_ms: int | None = None  # server_ts_ms of the oldest waiting entry
+    blobs: int = 0  # complete attachment blobs
+    blob_bytes: int = 0  # bytes of all blobs, unfinished uploads included
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +242,97 @@ class UserPage:
     next: str | None
 
 
+# -- conversations ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """A group or channel as the server knows it.
+
+    ``kind`` 1 group, 2 channel; ``managed``: organisation-managed (roster signed by the
+    organisation key). ``name`` is set for managed conversations only (unique; the roster
+    title). ``members`` is the server's membership, ``(user_id, role)`` by user_id (role 1 =
+    admin), always the members of the newest roster (``epoch``).
+    """
+
+    conv_id: bytes
+    kind: int
+    managed: bool
+    name: str | None
+    epoch: int
+    created_ms: int
+    created_by: str | None  # the creating user; None for managed conversations
+    members: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationSummary:
+    """A conversation in a listing, with its member count instead of the members."""
+
+    conv_id: bytes
+    kind: int
+    managed: bool
+    name: str | None
+    epoch: int
+    created_ms: int
+    members: int
+
+
+@dataclass(frozen=True, slots=True)
+class RosterChange:
+    """A new roster of a conversation, as the caller parsed it from the RosterRecord
+    (``record``): ``members`` ascending ``(user_id, role)``, ``title`` the roster's title."""
+
+    conv_id: bytes
+    epoch: int
+    kind: int
+    members: tuple[tuple[str, int], ...]
+    record: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EventMessage:
+    """A server-made message (a ConvEvent) to enqueue: its random ID and its payload."""
+
+    message_id: bytes
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FanOut:
+    """An event message as enqueued: ``result.deliveries`` got ``payload`` (empty parts)."""
+
+    message_id: bytes
+    payload: bytes
+    result: EnqueueResult
+
+
+@dataclass(frozen=True, slots=True)
+class RosterApplied:
+    """Outcome of :meth:`Store.put_roster`: the conversation now, and the events enqueued."""
+
+    conversation: Conversation
+    events: tuple[FanOut, ...]
+
+
+# -- blobs -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    """An attachment blob's metadata (its bytes are files, see momedod.server.blobstore).
+
+    ``received`` counts the bytes of an unfinished upload the store has recorded; ``complete``
+    blobs have ``received == size``.
+    """
+
+    blob_id: bytes
+    owner: str
+    size: int
+    received: int
+    complete: bool
+
+
 def display_user(user_id: str) -> str:
     """Operator-readable user ID, e.g. ``M8N2-2HTR`` for the canonical ``M8N22HTR``."""
     return f"{user_id[:4]}-{user_id[4:]}" if len(user_id) == 8 else user_id
@@ -288,6 +394,33 @@ class MailboxFull(StoreError):
 
 class RecordStale(StoreError):
     """A key record is a duplicate or not newer than the stored one."""
+
+
+class Forbidden(StoreError):
+    """The caller may not do this (e.g. post to a conversation it is not a member of, or to a
+    channel it is not an admin of)."""
+
+
+class Conflict(StoreError):
+    """The change does not fit the current state (e.g. a roster whose epoch is not the
+    successor of the stored one, or a conversation name that is taken)."""
+
+
+class BlobNotFound(NotFound):
+    """A blob is unknown, unfinished or not accessible to the user (one answer for all)."""
+
+
+class BlobTooLarge(StoreError):
+    """A blob is larger than the configured maximum."""
+
+
+class QuotaExceeded(StoreError):
+    """A new upload would take the user's blobs over their quota; ``used`` bytes so far."""
+
+    def __init__(self, used: int, quota: int) -> None:
+        super().__init__(f"blob quota of {quota} bytes exceeded ({used} bytes in use)")
+        self.used = used
+        self.quota = quota
 
 
 class StorageFull(StoreError):
@@ -422,14 +555,18 @@ class Store(abc.ABC):
         recipients: Sequence[Recipient],
         now_ms: int,
         max_per_device: int,
+        blob_ids: Sequence[bytes] = (),
     ) -> EnqueueResult:
         """Store a message for every recipient device, all or nothing.
 
         The payload is stored once and shared by all recipients; each recipient device gets
         the next value of its own sequence counter. A repeat of the same ``message_id`` by
         the same sender device (within the mailbox TTL) stores nothing and returns
-        ``duplicate=True``. Raises UnknownRecipient, MailboxFull, or ValueError for an empty
-        or repeated recipient list.
+        ``duplicate=True``. ``blob_ids`` are attachments the message references: each must be
+        complete and uploaded by or granted to the sender's user; every recipient user is
+        granted it, and it stays while the payload does (see :meth:`blob_start`). Raises
+        UnknownRecipient, MailboxFull, BlobNotFound, or ValueError for an empty or repeated
+        recipient list.
         """
 
     @abc.abstractmethod
@@ -439,10 +576,13 @@ class Store(abc.ABC):
         """Up to ``limit`` mailbox entries with seq > ``after_seq``, ascending. NotFound."""
 
     @abc.abstractmethod
-    async def ack(self, user_id: str, device_id: int, seqs: Sequence[int]) -> int:
+    async def ack(
+        self, user_id: str, device_id: int, seqs: Sequence[int], now_ms: int | None = None
+    ) -> int:
         """Delete the given entries (unknown seqs are ignored); return how many were removed.
 
-        Payloads no longer referenced by any mailbox are freed. Raises NotFound.
+        Payloads no longer referenced by any mailbox are freed (and with them their blob
+        references, as of ``now_ms``, default: wall clock). Raises NotFound.
         """
 
     @abc.abstractmethod
@@ -495,6 +635,91 @@ class Store(abc.ABC):
     async def disk_usage(self) -> int:
         """Bytes the store's files take on disk (for SQLite: the database, WAL and SHM)."""
 
+    # -- conversations -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def put_roster(
+        self,
+        change: RosterChange,
+        *,
+        expected_epoch: int | None,
+        managed: bool,
+        name: str | None,
+        actor: tuple[str, int] | None,
+        changed: EventMessage,
+        removed: EventMessage,
+        now_ms: int,
+        max_per_device: int,
+        audit: AuditNote | None = None,
+    ) -> RosterApplied:
+        """Create a conversation (``expected_epoch`` None) or change its roster, all at once.
+
+        The roster is stored, the membership replaced by ``change.members`` and the epoch set;
+        ``changed`` is enqueued to every active device of the new members and ``removed`` to
+        those of the members it drops, except the ``actor`` device (None: an operator).
+        Devices whose mailbox is full are skipped. ``name`` (managed conversations only) is
+        set as given. Raises Conflict (the conversation exists / its epoch is not
+        ``expected_epoch`` / the name is taken), NotFound (unknown conversation, or a member
+        that is an unknown or deleted user; the message names it)."""
+
+    @abc.abstractmethod
+    async def get_conversation(self, conv_id: bytes) -> Conversation | None:
+        """The conversation with its members, or None if unknown."""
+
+    @abc.abstractmethod
+    async def get_rosters(self, conv_id: bytes, since_epoch: int) -> list[bytes]:
+        """The RosterRecords with epoch > ``since_epoch``, ascending (empty if unknown)."""
+
+    @abc.abstractmethod
+    async def list_conversations(self, user_id: str | None = None) -> list[ConversationSummary]:
+        """Every conversation (``user_id`` given: those it is a member of), oldest first."""
+
+    @abc.abstractmethod
+    async def delete_conversation(
+        self,
+        conv_id: bytes,
+        *,
+        deleted: EventMessage,
+        now_ms: int,
+        max_per_device: int,
+        audit: AuditNote | None = None,
+    ) -> tuple[Conversation, FanOut]:
+        """Delete a conversation with its membership and rosters; ``deleted`` is enqueued to
+        every member device first. Raises NotFound."""
+
+    @abc.abstractmethod
+    async def enqueue_conv(
+        self,
+        sender: tuple[str, int],
+        message_id: bytes,
+        conv_id: bytes,
+        payload: bytes,
+        parts: Sequence[Recipient],
+        blob_ids: Sequence[bytes],
+        now_ms: int,
+        max_per_device: int,
+    ) -> EnqueueResult:
+        """Store a conversation message once and fan it out, all or nothing.
+
+        Recipients: every active device of every enabled member plus the sender's other
+        active devices; a device named in ``parts`` gets its part, the others an empty one.
+        Full mailboxes are skipped (``skipped_full``). Idempotent by message_id like
+        :meth:`enqueue`. ``blob_ids`` are referenced by the payload and granted to the
+        recipient users. Raises NotFound (unknown conversation, unusable blob), Forbidden
+        (the sender's user is not a member; a channel: not an admin), UnknownRecipient (a
+        part for a device that is not a recipient)."""
+
+    @abc.abstractmethod
+    async def put_org_key(
+        self, version: int, fp: bytes, record: bytes, now_ms: int, *, audit: AuditNote | None = None
+    ) -> None:
+        """Append OrgKeyRecord ``version`` (the caller has verified the chain). RecordStale
+        unless ``version`` is one more than the newest stored (1 for the first)."""
+
+    @abc.abstractmethod
+    async def list_org_keys(self) -> list[bytes]:
+        """All OrgKeyRecords, ascending version."""
+
     # -- audit log -----------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -531,3 +756,64 @@ class Store(abc.ABC):
         Raises StoreError (nothing usable is left behind). If the caller is cancelled the
         copy is abandoned and removed, possibly shortly after the cancellation.
         """
+
+    # -- blobs ---------------------------------------------------------------------------
+    # Theory: a blob's bytes are a file (momedod.server.blobstore); the store keeps who
+    # uploaded it, how far the upload got, who may read it, and which payloads reference it.
+    # A complete blob with no reference (never attached, or every referencing payload freed)
+    # is removed by the collector ``ttl_ms`` after it lost its last reference; an unfinished
+    # upload ``partial_ttl_ms`` after its last chunk.
+
+    @abc.abstractmethod
+    async def blob_start(
+        self,
+        user_id: str,
+        blob_id: bytes,
+        size: int,
+        now_ms: int,
+        *,
+        max_bytes: int,
+        quota_bytes: int,
+    ) -> BlobInfo:
+        """Begin an upload of ``size`` bytes, or return the state of the user's upload with
+        this ID and size (resume; complete ones included). Raises BlobTooLarge above
+        ``max_bytes``; QuotaExceeded if the user's blobs (complete and unfinished) plus
+        ``size`` exceed ``quota_bytes``; Conflict if the ID exists with another owner or
+        size."""
+
+    @abc.abstractmethod
+    async def get_blob(self, user_id: str, blob_id: bytes) -> BlobInfo | None:
+        """The blob if ``user_id`` may see it: its uploader (any state), or a user granted
+        it (complete blobs only); None otherwise."""
+
+    @abc.abstractmethod
+    async def blob_received(
+        self, user_id: str, blob_id: bytes, offset: int, length: int, now_ms: int
+    ) -> BlobInfo:
+        """Record ``length`` more bytes of the user's unfinished upload at ``offset``.
+        Raises BlobNotFound (unknown, not the user's, or complete), Conflict if ``offset``
+        is not the recorded ``received`` (the message names it), ValueError if the bytes
+        would run past the size."""
+
+    @abc.abstractmethod
+    async def blob_rewind(self, user_id: str, blob_id: bytes, received: int, now_ms: int) -> None:
+        """Lower the recorded progress of the user's unfinished upload to ``received`` (the
+        file holds less than recorded). A no-op if it is already at or below it."""
+
+    @abc.abstractmethod
+    async def blob_complete(self, user_id: str, blob_id: bytes, now_ms: int) -> BlobInfo:
+        """Mark the user's fully received upload complete (unreferenced as of ``now_ms``).
+        Raises BlobNotFound, ValueError if not all bytes were received."""
+
+    @abc.abstractmethod
+    async def blob_discard(self, user_id: str, blob_id: bytes) -> None:
+        """Forget the user's unfinished upload (its file is the caller's business)."""
+
+    @abc.abstractmethod
+    async def collect_blobs(
+        self, now_ms: int, ttl_ms: int, partial_ttl_ms: int, limit: int = 1000
+    ) -> list[tuple[bytes, bool]]:
+        """Delete up to ``limit`` blobs that are due: complete ones unreferenced since more
+        than ``ttl_ms``, unfinished ones untouched for more than ``partial_ttl_ms``.
+        Returns ``(blob_id, complete)`` of each; the caller removes their files. Call again
+        while ``limit`` come back."""

@@ -115,7 +115,74 @@ _V2 = (
     "CREATE INDEX audit_action ON audit (action, id)",
 )
 
-SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+# Version 3: conversations (groups and channels) with their signed rosters, the organisation
+# key records, and attachment blobs. ``conv_members`` is the server's membership used for
+# access control and fan-out; normally it equals the members of the newest roster (the only
+# way to change it is a new roster), but clients never trust it alone. Blob data lives in
+# files under STATE/blobs; the table holds their metadata. ``blob_refs`` ties a blob to the
+# payloads that reference it (freed with the payload); ``blob_grants`` lists the users who
+# may fetch it besides the uploader. ``refs`` counts the blob's ``blob_refs`` rows;
+# ``unref_ms`` is when a complete blob last lost (or never had) its references (NULL while
+# referenced): the collector removes it ``[attachments] ttl_days`` later. ``touched_ms`` is
+# the last chunk of an unfinished upload (removed ``partial_ttl_hours`` later).
+_V3 = (
+    """CREATE TABLE conversations (
+        conv_id     BLOB PRIMARY KEY,
+        kind        INTEGER NOT NULL,
+        managed     INTEGER NOT NULL,
+        name        TEXT,
+        epoch       INTEGER NOT NULL,
+        created_ms  INTEGER NOT NULL,
+        created_by  TEXT
+    ) WITHOUT ROWID""",
+    "CREATE UNIQUE INDEX conversations_name ON conversations (name) WHERE name IS NOT NULL",
+    """CREATE TABLE conv_members (
+        conv_id  BLOB NOT NULL REFERENCES conversations (conv_id),
+        user_id  TEXT NOT NULL REFERENCES users (user_id),
+        role     INTEGER NOT NULL,
+        PRIMARY KEY (conv_id, user_id)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX conv_members_user ON conv_members (user_id)",
+    """CREATE TABLE conv_rosters (
+        conv_id     BLOB NOT NULL REFERENCES conversations (conv_id),
+        epoch       INTEGER NOT NULL,
+        record      BLOB NOT NULL,
+        created_ms  INTEGER NOT NULL,
+        PRIMARY KEY (conv_id, epoch)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE org_keys (
+        version     INTEGER PRIMARY KEY,
+        fp          BLOB NOT NULL,
+        record      BLOB NOT NULL,
+        created_ms  INTEGER NOT NULL
+    )""",
+    """CREATE TABLE blobs (
+        blob_id      BLOB PRIMARY KEY,
+        owner        TEXT NOT NULL REFERENCES users (user_id),
+        size         INTEGER NOT NULL,
+        received     INTEGER NOT NULL DEFAULT 0,
+        complete     INTEGER NOT NULL DEFAULT 0,
+        created_ms   INTEGER NOT NULL,
+        touched_ms   INTEGER NOT NULL,
+        refs         INTEGER NOT NULL DEFAULT 0,
+        unref_ms     INTEGER
+    ) WITHOUT ROWID""",
+    "CREATE INDEX blobs_owner ON blobs (owner)",
+    "CREATE INDEX blobs_unref ON blobs (unref_ms) WHERE unref_ms IS NOT NULL",
+    "CREATE INDEX blobs_touched ON blobs (touched_ms) WHERE complete = 0",
+    """CREATE TABLE blob_grants (
+        blob_id  BLOB NOT NULL REFERENCES blobs (blob_id),
+        user_id  TEXT NOT NULL,
+        PRIMARY KEY (blob_id, user_id)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE blob_refs (
+        payload_id  INTEGER NOT NULL,
+        blob_id     BLOB NOT NULL REFERENCES blobs (blob_id),
+        PRIMARY KEY (payload_id, blob_id)
+    ) WITHOUT ROWID""",
+)
+
+SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
 """Migration scripts, oldest first; each is a tuple of SQL statements."""
 
 

@@ -60,11 +60,18 @@ from momedod.store.base import (
     AuditEntry,
     AuditNote,
     BackupInfo,
+    BlobInfo,
+    Conversation,
+    ConversationSummary,
     Device,
     EnqueueResult,
+    EventMessage,
+    FanOut,
     Invite,
     MailboxEntry,
     Recipient,
+    RosterApplied,
+    RosterChange,
     StorageFull,
     Store,
     StoreError,
@@ -550,10 +557,18 @@ class SQLiteStore(Store):
         recipients: Sequence[Recipient],
         now_ms: int,
         max_per_device: int,
+        blob_ids: Sequence[bytes] = (),
     ) -> EnqueueResult:
         """See :meth:`Store.enqueue`."""
         return await self._write(
-            txn.enqueue, sender, message_id, payload, tuple(recipients), now_ms, max_per_device
+            txn.enqueue,
+            sender,
+            message_id,
+            payload,
+            tuple(recipients),
+            now_ms,
+            max_per_device,
+            tuple(blob_ids),
         )
 
     async def fetch(
@@ -562,16 +577,19 @@ class SQLiteStore(Store):
         """See :meth:`Store.fetch`."""
         return await self._read(txn.fetch, user_id, device_id, after_seq, limit)
 
-    async def ack(self, user_id: str, device_id: int, seqs: Sequence[int]) -> int:
+    async def ack(
+        self, user_id: str, device_id: int, seqs: Sequence[int], now_ms: int | None = None
+    ) -> int:
         """See :meth:`Store.ack`."""
-        return await self._write(txn.ack, user_id, device_id, tuple(seqs))
+        when = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        return await self._write(txn.ack, user_id, device_id, tuple(seqs), when)
 
     async def expire(self, now_ms: int, ttl_ms: int) -> int:
         """See :meth:`Store.expire`. Works in slices so sends interleave with a big purge."""
         cutoff = now_ms - ttl_ms
         dropped = 0
         while True:
-            entries, keys = await self._write(txn.expire_batch, cutoff, EXPIRE_BATCH)
+            entries, keys = await self._write(txn.expire_batch, cutoff, EXPIRE_BATCH, now_ms)
             dropped += entries
             if entries < EXPIRE_BATCH and keys < EXPIRE_BATCH:
                 return dropped
@@ -640,6 +658,142 @@ class SQLiteStore(Store):
     ) -> list[AuditEntry]:
         """See :meth:`Store.list_audit`."""
         return await self._read(txn.list_audit, after_id, before_id, limit, user_id, action)
+
+    # -- conversations ---------------------------------------------------------------------
+
+    async def put_roster(
+        self,
+        change: RosterChange,
+        *,
+        expected_epoch: int | None,
+        managed: bool,
+        name: str | None,
+        actor: tuple[str, int] | None,
+        changed: EventMessage,
+        removed: EventMessage,
+        now_ms: int,
+        max_per_device: int,
+        audit: AuditNote | None = None,
+    ) -> RosterApplied:
+        """See :meth:`Store.put_roster`."""
+        return await self._write(
+            txn.put_roster,
+            change,
+            expected_epoch,
+            managed,
+            name,
+            actor,
+            changed,
+            removed,
+            now_ms,
+            max_per_device,
+            audit,
+        )
+
+    async def get_conversation(self, conv_id: bytes) -> Conversation | None:
+        """See :meth:`Store.get_conversation`."""
+        return await self._read(txn.get_conversation, conv_id)
+
+    async def get_rosters(self, conv_id: bytes, since_epoch: int) -> list[bytes]:
+        """See :meth:`Store.get_rosters`."""
+        return await self._read(txn.get_rosters, conv_id, since_epoch)
+
+    async def list_conversations(self, user_id: str | None = None) -> list[ConversationSummary]:
+        """See :meth:`Store.list_conversations`."""
+        return await self._read(txn.list_conversations, user_id)
+
+    async def delete_conversation(
+        self,
+        conv_id: bytes,
+        *,
+        deleted: EventMessage,
+        now_ms: int,
+        max_per_device: int,
+        audit: AuditNote | None = None,
+    ) -> tuple[Conversation, FanOut]:
+        """See :meth:`Store.delete_conversation`."""
+        return await self._write(
+            txn.delete_conversation, conv_id, deleted, now_ms, max_per_device, audit
+        )
+
+    async def enqueue_conv(
+        self,
+        sender: tuple[str, int],
+        message_id: bytes,
+        conv_id: bytes,
+        payload: bytes,
+        parts: Sequence[Recipient],
+        blob_ids: Sequence[bytes],
+        now_ms: int,
+        max_per_device: int,
+    ) -> EnqueueResult:
+        """See :meth:`Store.enqueue_conv`."""
+        return await self._write(
+            txn.enqueue_conv,
+            sender,
+            message_id,
+            conv_id,
+            payload,
+            tuple(parts),
+            tuple(blob_ids),
+            now_ms,
+            max_per_device,
+        )
+
+    async def put_org_key(
+        self, version: int, fp: bytes, record: bytes, now_ms: int, *, audit: AuditNote | None = None
+    ) -> None:
+        """See :meth:`Store.put_org_key`."""
+        await self._write(txn.put_org_key, version, fp, record, now_ms, audit)
+
+    async def list_org_keys(self) -> list[bytes]:
+        """See :meth:`Store.list_org_keys`."""
+        return await self._read(txn.list_org_keys)
+
+    # -- blobs -----------------------------------------------------------------------------
+
+    async def blob_start(
+        self,
+        user_id: str,
+        blob_id: bytes,
+        size: int,
+        now_ms: int,
+        *,
+        max_bytes: int,
+        quota_bytes: int,
+    ) -> BlobInfo:
+        """See :meth:`Store.blob_start`."""
+        return await self._write(
+            txn.blob_start, user_id, blob_id, size, now_ms, max_bytes, quota_bytes
+        )
+
+    async def get_blob(self, user_id: str, blob_id: bytes) -> BlobInfo | None:
+        """See :meth:`Store.get_blob`."""
+        return await self._read(txn.get_blob, user_id, blob_id)
+
+    async def blob_received(
+        self, user_id: str, blob_id: bytes, offset: int, length: int, now_ms: int
+    ) -> BlobInfo:
+        """See :meth:`Store.blob_received`."""
+        return await self._write(txn.blob_received, user_id, blob_id, offset, length, now_ms)
+
+    async def blob_rewind(self, user_id: str, blob_id: bytes, received: int, now_ms: int) -> None:
+        """See :meth:`Store.blob_rewind`."""
+        await self._write(txn.blob_rewind, user_id, blob_id, received, now_ms)
+
+    async def blob_complete(self, user_id: str, blob_id: bytes, now_ms: int) -> BlobInfo:
+        """See :meth:`Store.blob_complete`."""
+        return await self._write(txn.blob_complete, user_id, blob_id, now_ms)
+
+    async def blob_discard(self, user_id: str, blob_id: bytes) -> None:
+        """See :meth:`Store.blob_discard`."""
+        await self._write(txn.blob_discard, user_id, blob_id)
+
+    async def collect_blobs(
+        self, now_ms: int, ttl_ms: int, partial_ttl_ms: int, limit: int = 1000
+    ) -> list[tuple[bytes, bool]]:
+        """See :meth:`Store.collect_blobs`."""
+        return await self._write(txn.collect_blobs, now_ms, ttl_ms, partial_ttl_ms, limit)
 
     async def backup(self, dest_dir: Path) -> BackupInfo:
         """See :meth:`Store.backup`; writes ``dest_dir/momedo.sqlite3`` (module docstring)."""

@@ -28,9 +28,18 @@ from momedod.store.base import (
     AUDIT_PERSONAL_KEYS,
     AuditEntry,
     AuditNote,
+    BlobInfo,
+    BlobNotFound,
+    BlobTooLarge,
+    Conflict,
+    Conversation,
+    ConversationSummary,
     Device,
     DeviceRevoked,
     EnqueueResult,
+    EventMessage,
+    FanOut,
+    Forbidden,
     InvalidCursor,
     Invite,
     InviteExpired,
@@ -38,8 +47,11 @@ from momedod.store.base import (
     MailboxEntry,
     MailboxFull,
     NotFound,
+    QuotaExceeded,
     Recipient,
     RecordStale,
+    RosterApplied,
+    RosterChange,
     StoreError,
     StoreStats,
     UnknownRecipient,
@@ -151,20 +163,28 @@ def _chunks(values: Sequence[int], size: int = _IN_CHUNK) -> Iterable[Sequence[i
         yield values[i : i + size]
 
 
-def _release_payloads(tx: Tx, payload_ids: Iterable[int]) -> None:
-    """Drop one reference per occurrence in ``payload_ids``; free unreferenced payloads."""
+def _release_payloads(tx: Tx, payload_ids: Iterable[int], now_ms: int) -> None:
+    """Drop one reference per occurrence in ``payload_ids``; free unreferenced payloads and
+    their blob references (as of ``now_ms``)."""
     counts = Counter(payload_ids)
     if not counts:
         return
     tx.executemany(
         "UPDATE payloads SET refs = refs - ? WHERE id = ?", [(n, pid) for pid, n in counts.items()]
     )
-    tx.executemany("DELETE FROM payloads WHERE id = ? AND refs <= 0", [(pid,) for pid in counts])
+    freed: list[int] = []
+    for chunk in _chunks(list(counts)):
+        marks = ", ".join("?" * len(chunk))
+        rows = tx.all(
+            f"DELETE FROM payloads WHERE id IN ({marks}) AND refs <= 0 RETURNING id", chunk
+        )
+        freed.extend(int(r[0]) for r in rows)
+    _release_blob_refs(tx, freed, now_ms)
 
 
-def _drop_mailbox(tx: Tx, device_pk: int) -> None:
+def _drop_mailbox(tx: Tx, device_pk: int, now_ms: int) -> None:
     rows = tx.all("DELETE FROM mailbox WHERE device_pk = ? RETURNING payload_id", (device_pk,))
-    _release_payloads(tx, (int(r[0]) for r in rows))
+    _release_payloads(tx, (int(r[0]) for r in rows), now_ms)
     tx.execute("UPDATE devices SET mailbox_count = 0 WHERE pk = ?", (device_pk,))
 
 
@@ -252,7 +272,7 @@ def delete_user(tx: Tx, user_id: str, now_ms: int, audit: AuditNote | None = Non
     """
     _require_user(tx, user_id)
     for (pk,) in tx.all("SELECT pk FROM devices WHERE user_id = ?", (user_id,)):
-        _drop_mailbox(tx, int(pk))
+        _drop_mailbox(tx, int(pk), now_ms)
         tx.execute("DELETE FROM prekeys WHERE device_pk = ?", (pk,))
     tx.execute(
         "UPDATE devices SET revoked_ms = coalesce(revoked_ms, ?), name = '' WHERE user_id = ?",
@@ -261,6 +281,7 @@ def delete_user(tx: Tx, user_id: str, now_ms: int, audit: AuditNote | None = Non
     tx.execute("DELETE FROM invites WHERE user_id = ?", (user_id,))
     tx.execute("DELETE FROM identity_records WHERE user_id = ?", (user_id,))
     tx.execute("DELETE FROM device_lists WHERE user_id = ?", (user_id,))
+    _release_user_blobs(tx, user_id)
     tx.execute("UPDATE users SET deleted = 1, name = '' WHERE user_id = ?", (user_id,))
     _forget_names_in_audit(tx, user_id)
     _write_audit(tx, audit, user_id)
@@ -580,7 +601,7 @@ def revoke_device(
 ) -> Device:
     """Revoke a device (keeping an earlier revocation time) and drop its mailbox/prekeys."""
     pk, _ = _device_pk(tx, user_id, device_id)
-    _drop_mailbox(tx, pk)
+    _drop_mailbox(tx, pk, now_ms)
     tx.execute("DELETE FROM prekeys WHERE device_pk = ?", (pk,))
     tx.execute("UPDATE devices SET revoked_ms = coalesce(revoked_ms, ?) WHERE pk = ?", (now_ms, pk))
     if audit is not None and audit.target is None:
@@ -628,6 +649,7 @@ def enqueue(
     recipients: Sequence[Recipient],
     now_ms: int,
     max_per_device: int,
+    blob_ids: Sequence[bytes] = (),
 ) -> EnqueueResult:
     """Store one message for all recipients or for none (see Store.enqueue)."""
     if not recipients:
@@ -653,6 +675,8 @@ def enqueue(
     )
     assert row is not None
     payload_id = int(row[0])
+    if blob_ids:
+        attach_blobs(tx, sender[0], payload_id, {r.user_id for r in recipients}, blob_ids, now_ms)
     tx.executemany(
         "INSERT INTO mailbox (device_pk, seq, payload_id, message_id, part, server_ts_ms)"
         " VALUES (?, ?, ?, ?, ?, ?)",
@@ -684,7 +708,7 @@ def fetch(tx: Tx, user_id: str, device_id: int, after_seq: int, limit: int) -> l
     return [MailboxEntry(int(r[0]), bytes(r[1]), int(r[2]), bytes(r[3]), bytes(r[4])) for r in rows]
 
 
-def ack(tx: Tx, user_id: str, device_id: int, seqs: Sequence[int]) -> int:
+def ack(tx: Tx, user_id: str, device_id: int, seqs: Sequence[int], now_ms: int) -> int:
     """Delete the acknowledged entries; return how many existed."""
     pk, _ = _device_pk(tx, user_id, device_id)
     wanted = sorted({s for s in seqs if 0 < s <= MAX_INT64})
@@ -697,14 +721,14 @@ def ack(tx: Tx, user_id: str, device_id: int, seqs: Sequence[int]) -> int:
         )
         freed.extend(int(r[0]) for r in rows)
     if freed:
-        _release_payloads(tx, freed)
+        _release_payloads(tx, freed, now_ms)
         tx.execute(
             "UPDATE devices SET mailbox_count = mailbox_count - ? WHERE pk = ?", (len(freed), pk)
         )
     return len(freed)
 
 
-def expire_batch(tx: Tx, cutoff_ms: int, limit: int) -> tuple[int, int]:
+def expire_batch(tx: Tx, cutoff_ms: int, limit: int, now_ms: int) -> tuple[int, int]:
     """Drop up to ``limit`` mailbox entries and ``limit`` dedup keys older than ``cutoff_ms``.
 
     Returns (entries dropped, dedup keys dropped); call again while either equals ``limit``.
@@ -720,7 +744,7 @@ def expire_batch(tx: Tx, cutoff_ms: int, limit: int) -> tuple[int, int]:
         "UPDATE devices SET mailbox_count = mailbox_count - ? WHERE pk = ?",
         [(n, pk) for pk, n in per_device.items()],
     )
-    _release_payloads(tx, (int(r[1]) for r in rows))
+    _release_payloads(tx, (int(r[1]) for r in rows), now_ms)
     keys = tx.execute(
         "DELETE FROM dedup WHERE key IN (SELECT key FROM dedup WHERE created_ms < ? LIMIT ?)",
         (cutoff_ms, limit),
@@ -829,14 +853,598 @@ def stats(tx: Tx) -> StoreStats:
         " (SELECT count(*) FROM devices WHERE revoked_ms IS NULL),"
         " (SELECT coalesce(sum(mailbox_count), 0) FROM devices),"
         " (SELECT count(*) FROM payloads),"
-        " (SELECT min(server_ts_ms) FROM mailbox)"
+        " (SELECT min(server_ts_ms) FROM mailbox),"
+        " (SELECT count(*) FROM blobs WHERE complete = 1),"
+        " (SELECT coalesce(sum(received), 0) FROM blobs)"
     )
     assert row is not None
     oldest = None if row[4] is None else int(row[4])
-    return StoreStats(int(row[0]), int(row[1]), int(row[2]), int(row[3]), oldest)
+    return StoreStats(
+        int(row[0]), int(row[1]), int(row[2]), int(row[3]), oldest, int(row[5]), int(row[6])
+    )
 
 
 def stored_schema_version(tx: Tx) -> int:
     """The schema version recorded in the database, read-only (0 if none is recorded)."""
     row = tx.one("SELECT max(version) FROM schema_version")
     return 0 if row is None or row[0] is None else int(row[0])
+
+
+# -- conversations ---------------------------------------------------------------------------
+
+# Theory of operation. ``conv_members`` is the server's membership: it is replaced by the
+# members of each new roster in the transaction that stores the roster, so it always equals
+# the newest roster. A fan-out claims a mailbox slot on every target device with ONE
+# ``UPDATE devices ... RETURNING`` (set-based: 1,000 devices cost one statement, not 1,000),
+# stores the payload once and inserts the mailbox rows with one executemany. Devices whose
+# mailbox is full are skipped, not an error: one full phone must not block a class's channel.
+
+_CONV_COLS = "conv_id, kind, managed, name, epoch, created_ms, created_by"
+_ROLE_ADMIN = 1
+_KIND_CHANNEL = 2
+
+# Devices that may receive: active, of an enabled user, not the excluded (sending) device.
+# ``{users}`` is a subquery or a list of placeholders giving the target user IDs.
+_TARGETS = """
+revoked_ms IS NULL AND pk <> ? AND user_id IN ({users})
+AND EXISTS (SELECT 1 FROM users u
+            WHERE u.user_id = devices.user_id AND u.disabled = 0 AND u.deleted = 0)
+"""
+_MEMBERS_OF = "SELECT user_id FROM conv_members WHERE conv_id = ?"
+
+
+def _conversation(tx: Tx, conv_id: bytes) -> Conversation | None:
+    row = tx.one(f"SELECT {_CONV_COLS} FROM conversations WHERE conv_id = ?", (conv_id,))
+    if row is None:
+        return None
+    members = tx.all(
+        "SELECT user_id, role FROM conv_members WHERE conv_id = ? ORDER BY user_id", (conv_id,)
+    )
+    return Conversation(
+        conv_id=bytes(row[0]),
+        kind=int(row[1]),
+        managed=bool(row[2]),
+        name=None if row[3] is None else str(row[3]),
+        epoch=int(row[4]),
+        created_ms=int(row[5]),
+        created_by=None if row[6] is None else str(row[6]),
+        members=tuple((str(u), int(r)) for u, r in members),
+    )
+
+
+def _claim_fanout(
+    tx: Tx, users: str, params: Sequence[object], exclude_pk: int, max_per_device: int
+) -> tuple[list[Row], list[Row]]:
+    """Claim a slot on every target device: (claimed (pk, user_id, device_id, seq), full
+    (user_id, device_id)). ``users``/``params`` select the target users."""
+    where = _TARGETS.format(users=users)
+    full = tx.all(
+        f"SELECT user_id, device_id FROM devices WHERE {where} AND mailbox_count >= ?",
+        (exclude_pk, *params, max_per_device),
+    )
+    claimed = tx.all(
+        "UPDATE devices SET next_seq = next_seq + 1, mailbox_count = mailbox_count + 1"
+        f" WHERE {where} AND mailbox_count < ? RETURNING pk, user_id, device_id, next_seq - 1",
+        (exclude_pk, *params, max_per_device),
+    )
+    return claimed, full
+
+
+def _store_fanout(
+    tx: Tx,
+    claimed: Sequence[Row],
+    message_id: bytes,
+    payload: bytes,
+    parts: Mapping[tuple[str, int], bytes],
+    now_ms: int,
+) -> int | None:
+    """Store the payload once and a mailbox row per claimed device; the payload's id."""
+    if not claimed:
+        return None
+    row = tx.one(
+        "INSERT INTO payloads (data, refs) VALUES (?, ?) RETURNING id", (payload, len(claimed))
+    )
+    assert row is not None
+    payload_id = int(row[0])
+    tx.executemany(
+        "INSERT INTO mailbox (device_pk, seq, payload_id, message_id, part, server_ts_ms)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (pk, seq, payload_id, message_id, parts.get((str(uid), int(did)), b""), now_ms)
+            for pk, uid, did, seq in claimed
+        ],
+    )
+    return payload_id
+
+
+def _deliveries(claimed: Sequence[Row]) -> tuple[tuple[str, int, int], ...]:
+    return tuple((str(uid), int(did), int(seq)) for _pk, uid, did, seq in claimed)
+
+
+def _enqueue_event(
+    tx: Tx,
+    user_ids: Sequence[str],
+    exclude_pk: int,
+    event: EventMessage,
+    now_ms: int,
+    max_per_device: int,
+) -> FanOut:
+    """Enqueue a server event to every receiving device of ``user_ids``."""
+    claimed: list[Row] = []
+    skipped = 0
+    for i in range(0, len(user_ids), _IN_CHUNK):
+        chunk = user_ids[i : i + _IN_CHUNK]
+        got, full = _claim_fanout(
+            tx, ", ".join("?" * len(chunk)), chunk, exclude_pk, max_per_device
+        )
+        claimed.extend(got)
+        skipped += len(full)
+    _store_fanout(tx, claimed, event.message_id, event.payload, {}, now_ms)
+    result = EnqueueResult(False, now_ms, _deliveries(claimed), skipped)
+    return FanOut(event.message_id, event.payload, result)
+
+
+def _actor_pk(tx: Tx, actor: tuple[str, int] | None) -> int:
+    return 0 if actor is None else _device_pk(tx, *actor)[0]  # pk 0 never exists
+
+
+def _conv_target(conv_id: bytes) -> str:
+    return conv_id.hex()
+
+
+def put_roster(
+    tx: Tx,
+    change: RosterChange,
+    expected_epoch: int | None,
+    managed: bool,
+    name: str | None,
+    actor: tuple[str, int] | None,
+    changed: EventMessage,
+    removed: EventMessage,
+    now_ms: int,
+    max_per_device: int,
+    audit: AuditNote | None = None,
+) -> RosterApplied:
+    """Create a conversation or apply its next roster (see Store.put_roster)."""
+    conv_id = change.conv_id
+    if not 1 <= change.epoch <= MAX_INT64:
+        raise Conflict(f"roster epoch {change.epoch} is out of the storable range")
+    current = _conversation(tx, conv_id)
+    if expected_epoch is None:
+        if current is not None:
+            raise Conflict(f"conversation {conv_id.hex()} already exists")
+    elif current is None:
+        raise NotFound(f"no conversation {conv_id.hex()}")
+    elif current.managed != managed:
+        raise Conflict(f"conversation {conv_id.hex()} is managed by someone else")
+    elif current.epoch != expected_epoch:
+        raise Conflict(
+            f"conversation {conv_id.hex()} is at epoch {current.epoch}, not {expected_epoch}"
+        )
+    new_ids = [uid for uid, _role in change.members]
+    for i in range(0, len(new_ids), _IN_CHUNK):
+        chunk = new_ids[i : i + _IN_CHUNK]
+        rows = tx.all(
+            f"SELECT user_id FROM users WHERE deleted = 0 AND user_id IN"
+            f" ({', '.join('?' * len(chunk))})",
+            chunk,
+        )
+        if len(rows) != len(chunk):
+            known = {str(r[0]) for r in rows}
+            missing = next(u for u in chunk if u not in known)
+            raise NotFound(f"no user {display_user(missing)}")
+    if name is not None:
+        taken = tx.one(
+            "SELECT conv_id FROM conversations WHERE name = ? AND conv_id <> ?", (name, conv_id)
+        )
+        if taken is not None:
+            raise Conflict(f"a conversation named {name!r} exists already")
+    if current is None:
+        tx.execute(
+            f"INSERT INTO conversations ({_CONV_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                conv_id,
+                change.kind,
+                int(managed),
+                name,
+                change.epoch,
+                now_ms,
+                None if actor is None or managed else actor[0],
+            ),
+        )
+    else:
+        tx.execute(
+            "UPDATE conversations SET epoch = ?, name = ? WHERE conv_id = ?",
+            (change.epoch, name, conv_id),
+        )
+    if not tx.execute(
+        "INSERT INTO conv_rosters (conv_id, epoch, record, created_ms) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT DO NOTHING",
+        (conv_id, change.epoch, change.record, now_ms),
+    ):
+        raise Conflict(f"conversation {conv_id.hex()} already has a roster {change.epoch}")
+    old_roles = dict(current.members) if current is not None else {}
+    new_roles = dict(change.members)
+    gone = sorted(old_roles.keys() - new_roles.keys())
+    tx.executemany(
+        "DELETE FROM conv_members WHERE conv_id = ? AND user_id = ?", [(conv_id, u) for u in gone]
+    )
+    tx.executemany(
+        "INSERT INTO conv_members (conv_id, user_id, role) VALUES (?, ?, ?)"
+        " ON CONFLICT (conv_id, user_id) DO UPDATE SET role = excluded.role",
+        [(conv_id, u, r) for u, r in change.members if old_roles.get(u) != r],
+    )
+    exclude = _actor_pk(tx, actor)
+    events = (
+        _enqueue_event(tx, new_ids, exclude, changed, now_ms, max_per_device),
+        _enqueue_event(tx, gone, exclude, removed, now_ms, max_per_device),
+    )
+    if audit is not None:
+        added = sorted(new_roles.keys() - old_roles.keys())
+        extra: dict[str, Any] = {
+            "kind": change.kind,
+            "epoch": change.epoch,
+            "members": len(new_ids),
+            "added": [display_user(u) for u in added],
+            "removed": [display_user(u) for u in gone],
+            "admins": [display_user(u) for u, r in change.members if r == _ROLE_ADMIN],
+        }
+        if audit.target is None:
+            audit = dataclasses.replace(audit, target=name or _conv_target(conv_id))
+        _write_audit(tx, audit, extra={"conv_id": conv_id.hex(), **extra})
+    conv = _conversation(tx, conv_id)
+    assert conv is not None
+    return RosterApplied(conv, events)
+
+
+def get_conversation(tx: Tx, conv_id: bytes) -> Conversation | None:
+    """The conversation with its members, or None."""
+    return _conversation(tx, conv_id)
+
+
+def get_rosters(tx: Tx, conv_id: bytes, since_epoch: int) -> list[bytes]:
+    """RosterRecords after ``since_epoch``, ascending."""
+    rows = tx.all(
+        "SELECT record FROM conv_rosters WHERE conv_id = ? AND epoch > ? ORDER BY epoch",
+        (conv_id, min(max(since_epoch, 0), MAX_INT64)),
+    )
+    return [bytes(r[0]) for r in rows]
+
+
+def list_conversations(tx: Tx, user_id: str | None) -> list[ConversationSummary]:
+    """Conversations with member counts, oldest first (of one user if given)."""
+    where = ""
+    params: tuple[str, ...] = ()
+    if user_id is not None:
+        where = " WHERE c.conv_id IN (SELECT conv_id FROM conv_members WHERE user_id = ?)"
+        params = (user_id,)
+    rows = tx.all(
+        f"SELECT {', '.join('c.' + c for c in _CONV_COLS.split(', '))},"
+        " (SELECT count(*) FROM conv_members m WHERE m.conv_id = c.conv_id)"
+        f" FROM conversations c{where} ORDER BY c.created_ms, c.conv_id",
+        params,
+    )
+    return [
+        ConversationSummary(
+            conv_id=bytes(r[0]),
+            kind=int(r[1]),
+            managed=bool(r[2]),
+            name=None if r[3] is None else str(r[3]),
+            epoch=int(r[4]),
+            created_ms=int(r[5]),
+            members=int(r[7]),
+        )
+        for r in rows
+    ]
+
+
+def delete_conversation(
+    tx: Tx,
+    conv_id: bytes,
+    deleted: EventMessage,
+    now_ms: int,
+    max_per_device: int,
+    audit: AuditNote | None = None,
+) -> tuple[Conversation, FanOut]:
+    """Tell the members, then forget the conversation, its membership and its rosters."""
+    conv = _conversation(tx, conv_id)
+    if conv is None:
+        raise NotFound(f"no conversation {conv_id.hex()}")
+    users, params = _MEMBERS_OF, (conv_id,)
+    claimed, full = _claim_fanout(tx, users, params, 0, max_per_device)
+    _store_fanout(tx, claimed, deleted.message_id, deleted.payload, {}, now_ms)
+    event = FanOut(
+        deleted.message_id,
+        deleted.payload,
+        EnqueueResult(False, now_ms, _deliveries(claimed), len(full)),
+    )
+    tx.execute("DELETE FROM conv_members WHERE conv_id = ?", (conv_id,))
+    tx.execute("DELETE FROM conv_rosters WHERE conv_id = ?", (conv_id,))
+    tx.execute("DELETE FROM conversations WHERE conv_id = ?", (conv_id,))
+    if audit is not None:
+        if audit.target is None:
+            audit = dataclasses.replace(audit, target=conv.name or _conv_target(conv_id))
+        _write_audit(
+            tx,
+            audit,
+            extra={"conv_id": conv_id.hex(), "epoch": conv.epoch, "members": len(conv.members)},
+        )
+    return conv, event
+
+
+def enqueue_conv(
+    tx: Tx,
+    sender: tuple[str, int],
+    message_id: bytes,
+    conv_id: bytes,
+    payload: bytes,
+    parts: Sequence[Recipient],
+    blob_ids: Sequence[bytes],
+    now_ms: int,
+    max_per_device: int,
+) -> EnqueueResult:
+    """Store one conversation message and fan it out (see Store.enqueue_conv)."""
+    uid, _did = sender
+    row = tx.one("SELECT kind FROM conversations WHERE conv_id = ?", (conv_id,))
+    if row is None:
+        raise NotFound(f"no conversation {conv_id.hex()}")
+    member = tx.one(
+        "SELECT role FROM conv_members WHERE conv_id = ? AND user_id = ?", (conv_id, uid)
+    )
+    if member is None:
+        raise Forbidden("you are not a member of this conversation")
+    if int(row[0]) == _KIND_CHANNEL and int(member[0]) != _ROLE_ADMIN:
+        raise Forbidden("only the admins of a channel post to it")
+    by_device = {(r.user_id, r.device_id): r.part for r in parts}
+    if len(by_device) != len(parts):
+        raise ValueError("enqueue_conv got the same part device twice")
+    key = dedup_key(sender, message_id)
+    if not tx.execute(
+        "INSERT INTO dedup (key, created_ms) VALUES (?, ?) ON CONFLICT DO NOTHING", (key, now_ms)
+    ):
+        dup = tx.one("SELECT created_ms FROM dedup WHERE key = ?", (key,))
+        return EnqueueResult(True, now_ms if dup is None else int(dup[0]), ())
+    sender_pk, _ = _device_pk(tx, *sender)
+    users = (
+        "SELECT m.user_id FROM conv_members m JOIN users u ON u.user_id = m.user_id"
+        " WHERE m.conv_id = ? AND u.disabled = 0 AND u.deleted = 0"
+    )
+    claimed, full = _claim_fanout(tx, users, (conv_id,), sender_pk, max_per_device)
+    if by_device:
+        targets = {(str(r[1]), int(r[2])) for r in claimed}
+        targets.update((str(r[0]), int(r[1])) for r in full)
+        for r in parts:
+            if (r.user_id, r.device_id) not in targets:
+                raise UnknownRecipient(r.user_id, r.device_id)
+    payload_id = _store_fanout(tx, claimed, message_id, payload, by_device, now_ms)
+    if blob_ids and payload_id is not None:
+        readers = sorted({str(r[1]) for r in claimed})
+        attach_blobs(tx, uid, payload_id, readers, blob_ids, now_ms)
+    return EnqueueResult(False, now_ms, _deliveries(claimed), len(full))
+
+
+def put_org_key(
+    tx: Tx, version: int, fp: bytes, record: bytes, now_ms: int, audit: AuditNote | None = None
+) -> None:
+    """Append the next OrgKeyRecord."""
+    row = tx.one("SELECT max(version) FROM org_keys")
+    newest = 0 if row is None or row[0] is None else int(row[0])
+    if version != newest + 1:
+        raise RecordStale(
+            f"organisation key version {version} does not follow the stored version {newest}"
+        )
+    tx.execute(
+        "INSERT INTO org_keys (version, fp, record, created_ms) VALUES (?, ?, ?, ?)",
+        (version, fp, record, now_ms),
+    )
+    if audit is not None:
+        _write_audit(tx, audit, extra={"version": version})
+
+
+def list_org_keys(tx: Tx) -> list[bytes]:
+    """Every OrgKeyRecord by version."""
+    return [bytes(r[0]) for r in tx.all("SELECT record FROM org_keys ORDER BY version")]
+
+
+# -- blobs -----------------------------------------------------------------------------------
+# Attachment metadata (see Store.blob_start); the bytes are files the server layer manages.
+# Invariant: ``refs`` = the blob's blob_refs rows; ``unref_ms`` is NULL exactly while refs > 0
+# or the upload is unfinished. Rows go first, files after (the collector): a message can
+# never reference a blob whose file is already gone.
+
+_BLOB_COLS = "blob_id, owner, size, received, complete"
+
+
+def _blob(row: Row) -> BlobInfo:
+    return BlobInfo(bytes(row[0]), str(row[1]), int(row[2]), int(row[3]), bool(row[4]))
+
+
+def _own_blob(tx: Tx, user_id: str, blob_id: bytes) -> BlobInfo:
+    row = tx.one(
+        f"SELECT {_BLOB_COLS} FROM blobs WHERE blob_id = ? AND owner = ?", (blob_id, user_id)
+    )
+    if row is None:
+        raise BlobNotFound("no such upload")
+    return _blob(row)
+
+
+def blob_start(
+    tx: Tx,
+    user_id: str,
+    blob_id: bytes,
+    size: int,
+    now_ms: int,
+    max_bytes: int,
+    quota_bytes: int,
+) -> BlobInfo:
+    """Begin or resume an upload (see Store.blob_start)."""
+    if size > max_bytes:
+        raise BlobTooLarge(f"blob of {size} bytes exceeds the limit of {max_bytes} bytes")
+    if size < 1:
+        raise ValueError("a blob has at least one byte")
+    row = tx.one(f"SELECT {_BLOB_COLS} FROM blobs WHERE blob_id = ?", (blob_id,))
+    if row is not None:
+        info = _blob(row)
+        if info.owner != user_id or info.size != size:
+            raise Conflict("this blob ID is taken (another size or another user); pick a new one")
+        return info
+    used_row = tx.one("SELECT coalesce(sum(size), 0) FROM blobs WHERE owner = ?", (user_id,))
+    used = 0 if used_row is None else int(used_row[0])
+    if used + size > quota_bytes:
+        raise QuotaExceeded(used, quota_bytes)
+    tx.execute(
+        "INSERT INTO blobs (blob_id, owner, size, created_ms, touched_ms) VALUES (?, ?, ?, ?, ?)",
+        (blob_id, user_id, size, now_ms, now_ms),
+    )
+    return BlobInfo(blob_id, user_id, size, 0, False)
+
+
+def get_blob(tx: Tx, user_id: str, blob_id: bytes) -> BlobInfo | None:
+    """The blob if the user uploaded it or was granted it (complete only)."""
+    row = tx.one(
+        f"SELECT {_BLOB_COLS} FROM blobs b WHERE blob_id = ? AND (owner = ? OR (complete = 1"
+        " AND EXISTS (SELECT 1 FROM blob_grants g WHERE g.blob_id = b.blob_id AND g.user_id = ?)))",
+        (blob_id, user_id, user_id),
+    )
+    return None if row is None else _blob(row)
+
+
+def blob_received(
+    tx: Tx, user_id: str, blob_id: bytes, offset: int, length: int, now_ms: int
+) -> BlobInfo:
+    """Record a chunk of an unfinished upload (see Store.blob_received)."""
+    row = tx.one(
+        "UPDATE blobs SET received = received + ?, touched_ms = ? WHERE blob_id = ?"
+        " AND owner = ? AND complete = 0 AND received = ? AND received + ? <= size"
+        f" RETURNING {_BLOB_COLS}",
+        (length, now_ms, blob_id, user_id, min(offset, MAX_INT64), length),
+    )
+    if row is not None:
+        return _blob(row)
+    info = _own_blob(tx, user_id, blob_id)
+    if info.complete:
+        raise BlobNotFound("the upload is already complete")
+    if info.received != offset:
+        raise Conflict(f"chunk at offset {offset}, but the upload continues at {info.received}")
+    raise ValueError(
+        f"chunk of {length} bytes at offset {offset} runs past the blob's {info.size} bytes"
+    )
+
+
+def blob_rewind(tx: Tx, user_id: str, blob_id: bytes, received: int, now_ms: int) -> None:
+    """Lower an unfinished upload's progress (see Store.blob_rewind)."""
+    tx.execute(
+        "UPDATE blobs SET received = ?, touched_ms = ?"
+        " WHERE blob_id = ? AND owner = ? AND complete = 0 AND received > ?",
+        (received, now_ms, blob_id, user_id, received),
+    )
+
+
+def blob_complete(tx: Tx, user_id: str, blob_id: bytes, now_ms: int) -> BlobInfo:
+    """Mark a fully received upload complete and unreferenced (see Store.blob_complete)."""
+    row = tx.one(
+        "UPDATE blobs SET complete = 1, touched_ms = ?, unref_ms = ?"
+        " WHERE blob_id = ? AND owner = ? AND complete = 0 AND received = size"
+        f" RETURNING {_BLOB_COLS}",
+        (now_ms, now_ms, blob_id, user_id),
+    )
+    if row is not None:
+        return _blob(row)
+    info = _own_blob(tx, user_id, blob_id)
+    if not info.complete:
+        raise ValueError(f"upload incomplete: {info.received} of {info.size} bytes received")
+    return info
+
+
+def blob_discard(tx: Tx, user_id: str, blob_id: bytes) -> None:
+    """Forget an unfinished upload."""
+    tx.execute(
+        "DELETE FROM blobs WHERE blob_id = ? AND owner = ? AND complete = 0", (blob_id, user_id)
+    )
+
+
+def attach_blobs(
+    tx: Tx,
+    sender_user_id: str,
+    payload_id: int,
+    reader_user_ids: Iterable[str],
+    blob_ids: Iterable[bytes],
+    now_ms: int,
+) -> None:
+    """Reference blobs from a new payload and grant them to its readers.
+
+    Each blob must be complete and uploaded by or granted to the sender, else BlobNotFound
+    (the same answer whether it is unknown, unfinished or someone else's). Runs inside the
+    transaction that stores the payload (SEND_BLOBS, CONV_SEND); ``now_ms`` is unused so far.
+    """
+    readers = sorted(set(reader_user_ids))
+    for blob_id in dict.fromkeys(blob_ids):
+        row = tx.one(
+            "SELECT owner FROM blobs b WHERE blob_id = ? AND complete = 1 AND (owner = ? OR"
+            " EXISTS (SELECT 1 FROM blob_grants g WHERE g.blob_id = b.blob_id AND g.user_id = ?))",
+            (blob_id, sender_user_id, sender_user_id),
+        )
+        if row is None:
+            raise BlobNotFound(
+                f"attachment {blob_id.hex()} is unknown, unfinished or not accessible"
+            )
+        tx.executemany(
+            "INSERT INTO blob_grants (blob_id, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            [(blob_id, user) for user in readers if user != row[0]],
+        )
+        tx.execute(
+            "INSERT INTO blob_refs (payload_id, blob_id) VALUES (?, ?)", (payload_id, blob_id)
+        )
+        tx.execute(
+            "UPDATE blobs SET refs = refs + 1, unref_ms = NULL WHERE blob_id = ?", (blob_id,)
+        )
+
+
+def _release_blob_refs(tx: Tx, payload_ids: Sequence[int], now_ms: int) -> None:
+    """The freed payloads no longer reference their blobs; those left without a reference
+    start their expiry at ``now_ms``."""
+    for chunk in _chunks(payload_ids):
+        marks = ", ".join("?" * len(chunk))
+        rows = tx.all(
+            f"DELETE FROM blob_refs WHERE payload_id IN ({marks}) RETURNING blob_id", chunk
+        )
+        if rows:
+            counts = Counter(bytes(r[0]) for r in rows)
+            tx.executemany(
+                "UPDATE blobs SET refs = refs - ?,"
+                " unref_ms = CASE WHEN refs <= ? THEN ? ELSE unref_ms END WHERE blob_id = ?",
+                [(n, n, now_ms, blob_id) for blob_id, n in counts.items()],
+            )
+
+
+def _release_user_blobs(tx: Tx, user_id: str) -> None:
+    """A deleted user: drop its grants; its unfinished uploads and unreferenced blobs are
+    due for the collector at once (referenced ones stay while the messages do)."""
+    tx.execute("DELETE FROM blob_grants WHERE user_id = ?", (user_id,))
+    tx.execute("UPDATE blobs SET touched_ms = 0 WHERE owner = ? AND complete = 0", (user_id,))
+    tx.execute(
+        "UPDATE blobs SET unref_ms = 0 WHERE owner = ? AND complete = 1 AND refs = 0", (user_id,)
+    )
+
+
+def collect_blobs(
+    tx: Tx, now_ms: int, ttl_ms: int, partial_ttl_ms: int, limit: int
+) -> list[tuple[bytes, bool]]:
+    """Delete due blobs (see Store.collect_blobs); return (blob_id, complete) of each."""
+    due = [
+        (bytes(r[0]), True)
+        for r in tx.all(
+            "SELECT blob_id FROM blobs WHERE unref_ms < ? AND refs = 0 LIMIT ?",
+            (now_ms - ttl_ms, limit),
+        )
+    ]
+    due += [
+        (bytes(r[0]), False)
+        for r in tx.all(
+            "SELECT blob_id FROM blobs WHERE complete = 0 AND touched_ms < ? LIMIT ?",
+            (now_ms - partial_ttl_ms, limit - len(due)),
+        )
+    ]
+    for table in ("blob_grants", "blobs"):
+        tx.executemany(f"DELETE FROM {table} WHERE blob_id = ?", [(b,) for b, _ in due])
+    return due

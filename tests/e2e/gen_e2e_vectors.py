@@ -1,9 +1,10 @@
 """Write docs/test-vectors/e2e.json: ``.venv/bin/python tests/e2e/gen_e2e_vectors.py``.
 
 Combines the crypto vectors (suites, KEM keys, chain KDF, Chain/Seal envelopes, must-fail
-cases) and the identity vectors (UIK, hybrid signatures, records, safety numbers, QR, KVD).
-ML-DSA signatures and HPKE seals are randomised, so regeneration reuses those of the
-committed file when they still verify; everything else is derived from fixed seeds.
+cases), the identity vectors (UIK, hybrid signatures, records, safety numbers, QR, KVD), the
+link vectors and the group vectors (rosters, org key chain, Multi, attachments). ML-DSA
+signatures and HPKE seals/wraps are randomised, so regeneration reuses those of the committed
+file when they still verify; everything else is derived from fixed seeds.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 import vectors_crypto
+import vectors_groups
 import vectors_identity
 import vectors_link
 
@@ -28,6 +30,9 @@ def build(previous: dict[str, Any] | None) -> dict[str, Any]:
         "crypto": vectors_crypto.vectors(),
         "identity": vectors_identity.vectors(previous["identity"] if previous else None),
         "link": vectors_link.vectors(),
+        "roster": vectors_groups.roster_vectors(previous.get("roster") if previous else None),
+        "multi": vectors_groups.multi_vectors(previous.get("multi") if previous else None),
+        "attachment": vectors_groups.attachment_vectors(),
     }
 
 

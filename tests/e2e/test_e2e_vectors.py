@@ -6,6 +6,7 @@ import json
 
 import gen_e2e_vectors
 import vectors_crypto
+import vectors_groups
 import vectors_identity
 import vectors_link
 
@@ -15,6 +16,9 @@ def test_every_committed_vector_opens_and_verifies_with_the_library() -> None:
     vectors_crypto.check(data["crypto"])
     vectors_identity.check(data["identity"])
     vectors_link.check(data["link"])
+    vectors_groups.check_roster(data["roster"])
+    vectors_groups.check_multi(data["multi"])
+    vectors_groups.check_attachment(data["attachment"])
 
 
 def test_regenerating_from_the_fixed_seeds_gives_the_committed_file() -> None:

@@ -28,6 +28,20 @@ from momedod.protocol.frames import (
     Ack,
     Auth,
     AuthOk,
+    BlobChunk,
+    BlobData,
+    BlobFinish,
+    BlobGet,
+    BlobStart,
+    BlobStatus,
+    ConvGet,
+    ConvInfo,
+    ConvList,
+    ConvMember,
+    ConvPut,
+    Convs,
+    ConvSend,
+    ConvSummary,
     Deliver,
     Drained,
     Enroll,
@@ -47,6 +61,7 @@ from momedod.protocol.frames import (
     Prekey,
     Recipient,
     Send,
+    SendBlobs,
     Welcome,
     encode_frame,
 )
@@ -59,10 +74,31 @@ CERT_FP = hashlib.sha256(CERT_DER).digest()
 USER_ID = "M8N22HTR"
 INVITE_CODE = "7Z2QH4KMW9XRB3TNC8VD"
 MESSAGE_ID = bytes.fromhex("00112233445566778899aabbccddeeff")
+CONV_ID = bytes.fromhex("c0a1c0a1c0a1c0a1c0a1c0a1c0a1c0a1")
+CONV_ID_2 = bytes.fromhex("0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c")
+BLOB_ID = bytes.fromhex("b10bb10bb10bb10bb10bb10bb10bb10b")
+BLOB_ID_2 = bytes.fromhex("b20bb20bb20bb20bb20bb20bb20bb20b")
+BLOB_BYTES = bytes(range(40))  # a 40-byte "ciphertext" uploaded in two chunks
+ORG_FP = hashlib.sha256(b"momedo test organisation key").digest()
 
 _BYTES_FIELDS = frozenset(
-    {"nonce", "transport_pub", "signature", "message_id", "payload", "part", "record"}
+    {
+        "nonce",
+        "transport_pub",
+        "signature",
+        "message_id",
+        "payload",
+        "part",
+        "record",
+        "conv_id",
+        "roster_record",
+        "blob_id",
+        "sha256",
+        "data",
+    }
 )
+_BYTES_LIST_FIELDS = frozenset({"records", "rosters", "org_keys", "blob_ids"})
+_RECIPIENT_FIELDS = frozenset({"recipients", "parts"})
 
 
 # -- JSON conversion (also used by the tests) ---------------------------------------------
@@ -75,13 +111,20 @@ def frame_to_json(frame: Frame) -> dict[str, Any]:
         value = getattr(frame, field.name)
         if isinstance(value, bytes):
             value = value.hex()
-        elif field.name == "recipients":
+        elif field.name in _RECIPIENT_FIELDS:
             value = [
                 {"user_id": r.user_id, "device_id": r.device_id, "part": r.part.hex()}
                 for r in value
             ]
-        elif field.name == "records":
-            value = [record.hex() for record in value]
+        elif field.name in _BYTES_LIST_FIELDS:
+            value = [item.hex() for item in value]
+        elif field.name == "members":
+            value = [{"user_id": m.user_id, "role": m.role} for m in value]
+        elif field.name == "convs":
+            value = [
+                {"conv_id": c.conv_id.hex(), "kind": c.kind, "managed": c.managed, "epoch": c.epoch}
+                for c in value
+            ]
         elif field.name == "seqs":
             value = list(value)
         elif isinstance(value, IntEnum):
@@ -98,12 +141,19 @@ def frame_from_json(data: dict[str, Any]) -> Frame:
         value = data[field.name]
         if field.name in _BYTES_FIELDS:
             value = bytes.fromhex(value)
-        elif field.name == "recipients":
+        elif field.name in _RECIPIENT_FIELDS:
             value = tuple(
                 Recipient(r["user_id"], r["device_id"], bytes.fromhex(r["part"])) for r in value
             )
-        elif field.name == "records":
-            value = tuple(bytes.fromhex(record) for record in value)
+        elif field.name in _BYTES_LIST_FIELDS:
+            value = tuple(bytes.fromhex(item) for item in value)
+        elif field.name == "members":
+            value = tuple(ConvMember(m["user_id"], m["role"]) for m in value)
+        elif field.name == "convs":
+            value = tuple(
+                ConvSummary(bytes.fromhex(c["conv_id"]), c["kind"], c["managed"], c["epoch"])
+                for c in value
+            )
         elif field.name == "seqs":
             value = tuple(value)
         kwargs[field.name] = value
@@ -183,6 +233,38 @@ def _example_records() -> list[tuple[str, bytes]]:
     return [("identity", identity), ("device_list", device_list), ("spk", spk), ("otpk", otpk)]
 
 
+def _addr(user_id: str, device_id: int) -> bytes:
+    return user_id.encode("ascii") + struct.pack(">I", device_id)
+
+
+def example_roster_record() -> bytes:
+    """An epoch-1 RosterRecord (docs/E2E.md) of a user group, signed by device M8N22HTR/1.
+
+    Built by hand from the documented layout; the signature is a real Ed25519 signature by
+    DEVICE_SEED (standing in for the device key) over Label("roster") | Header | bytes
+    roster | u8 signer_kind | Addr signer.
+    """
+    members = [("49K49J00", 0), (USER_ID, 1)]  # strictly ascending user_id
+    roster = (
+        CONV_ID
+        + struct.pack(">Q", 1)  # epoch
+        + bytes(32)  # prev_hash: zero for epoch 1
+        + struct.pack(">BBH", 1, 1, 2)  # kind GROUP, mode CHAINS, min_suite 2
+        + struct.pack(">I", len(members))
+        + b"".join(uid.encode("ascii") + bytes([role]) for uid, role in members)
+        + _bytes("Bauamt Süd".encode())
+    )
+    header = struct.pack(">HBBH", 0x4D44, 1, 0x12, 0x0002)
+    signed = header + _bytes(roster) + b"\x02" + _addr(USER_ID, 1)
+    sig = _device_key().sign(b"momedo/v1/roster\x00" + signed)
+    return signed + _bytes(sig)
+
+
+def conv_event(what: int, conv_id: bytes, epoch: int) -> bytes:
+    """A server ConvEvent payload: Header(type 0x20 EVENT, suite 0) | what | conv_id | epoch."""
+    return struct.pack(">HBBHB", 0x4D44, 1, 0x20, 0, what) + conv_id + struct.pack(">Q", epoch)
+
+
 def frame_vectors() -> list[tuple[str, Frame]]:
     """Every frame type at least once, with the interesting variants."""
     recs = dict(_example_records())
@@ -236,6 +318,85 @@ def frame_vectors() -> list[tuple[str, Frame]]:
         ("prekey_none_left", Prekey(14, b"")),
         ("link_invite", LinkInvite(15, 600)),
         ("link_code", LinkCode(15, INVITE_CODE, 1_764_000_600_000)),
+        (
+            "conv_send",
+            ConvSend(
+                16,
+                MESSAGE_ID,
+                CONV_ID,
+                b"sealed group payload",
+                (Recipient("49K49J00", 2, b"chain dist"),),
+                (BLOB_ID,),
+            ),
+        ),
+        ("conv_send_no_parts_no_blobs", ConvSend(16, MESSAGE_ID, CONV_ID, b"chain msg", (), ())),
+        (
+            "send_blobs",
+            SendBlobs(
+                17,
+                MESSAGE_ID,
+                b"sealed payload",
+                (Recipient(USER_ID, 1, b"\x01\x02"),),
+                (BLOB_ID, BLOB_ID_2),
+            ),
+        ),
+        ("conv_put", ConvPut(18, CONV_ID, example_roster_record())),
+        ("conv_get", ConvGet(19, CONV_ID, 0)),
+        (
+            "conv_info",
+            ConvInfo(
+                19,
+                CONV_ID,
+                1,
+                False,
+                1,
+                (ConvMember("49K49J00", 0), ConvMember(USER_ID, 1)),
+                (example_roster_record(),),
+                (),
+            ),
+        ),
+        ("conv_get_since_epoch", ConvGet(20, CONV_ID_2, 7)),
+        (
+            "conv_info_managed_channel_up_to_date",
+            ConvInfo(
+                20,
+                CONV_ID_2,
+                2,
+                True,
+                7,
+                (ConvMember("49K49J00", 1), ConvMember(USER_ID, 0)),
+                (),
+                (b"placeholder: an OrgKeyRecord",),
+            ),
+        ),
+        ("conv_list", ConvList(21)),
+        (
+            "convs",
+            Convs(21, (ConvSummary(CONV_ID, 1, False, 1), ConvSummary(CONV_ID_2, 2, True, 7))),
+        ),
+        ("convs_none", Convs(21, ())),
+        ("blob_start", BlobStart(22, BLOB_ID, len(BLOB_BYTES))),
+        ("blob_status_new", BlobStatus(22, BLOB_ID, len(BLOB_BYTES), 0, False)),
+        ("blob_chunk", BlobChunk(23, BLOB_ID, 0, BLOB_BYTES[:24])),
+        ("blob_status_partial", BlobStatus(23, BLOB_ID, len(BLOB_BYTES), 24, False)),
+        ("blob_chunk_last", BlobChunk(24, BLOB_ID, 24, BLOB_BYTES[24:])),
+        ("blob_finish", BlobFinish(25, BLOB_ID, hashlib.sha256(BLOB_BYTES).digest())),
+        ("blob_status_complete", BlobStatus(25, BLOB_ID, len(BLOB_BYTES), 40, True)),
+        ("blob_get", BlobGet(26, BLOB_ID, 0, 262_144)),
+        ("blob_data", BlobData(26, BLOB_ID, len(BLOB_BYTES), 0, BLOB_BYTES)),
+        ("blob_get_at_end", BlobGet(27, BLOB_ID, 40, 1024)),
+        ("blob_data_at_end", BlobData(27, BLOB_ID, len(BLOB_BYTES), 40, b"")),
+        (
+            "deliver_conv_event",
+            Deliver(
+                0,
+                19,
+                bytes.fromhex("5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e"),
+                1_700_000_001_000,
+                conv_event(1, CONV_ID, 2),
+                b"",
+            ),
+        ),
     ]
 
 
@@ -246,6 +407,16 @@ def must_fail_vectors() -> list[tuple[str, bytes, ErrorCode]]:
     accepted_body = MESSAGE_ID + struct.pack(">Q", 1)
     recipient = b"M8N22HTR" + struct.pack(">I", 1) + _bytes(b"")
     send_head = MESSAGE_ID + _bytes(b"p")
+    conv_send_head = MESSAGE_ID + CONV_ID + _bytes(b"p") + struct.pack(">I", 0)
+    member_a, member_b = b"49K49J00\x00", b"M8N22HTR\x01"
+    conv_info_head = CONV_ID + b"\x01\x00" + struct.pack(">Q", 1)
+    no_records = struct.pack(">II", 0, 0)
+
+    def conv_info(head: bytes, members: bytes) -> bytes:
+        count = len(members) // 9
+        return raw_frame(0x34, 19, head + struct.pack(">I", count) + members + no_records)
+
+    blob_head = BLOB_ID + struct.pack(">Q", 0)
     m = ErrorCode.MALFORMED
     return [
         ("length_below_5", struct.pack(">I", 4) + b"\x07\x00\x00\x00", m),
@@ -255,8 +426,11 @@ def must_fail_vectors() -> list[tuple[str, bytes, ErrorCode]]:
             struct.pack(">I", 1_048_577) + b"\x01",
             ErrorCode.FRAME_TOO_LARGE,
         ),
-        ("unknown_type_0x40", raw_frame(0x40, 1, b""), ErrorCode.UNKNOWN_FRAME_TYPE),
+        ("unknown_type_0x7f", raw_frame(0x7F, 1, b""), ErrorCode.UNKNOWN_FRAME_TYPE),
         ("unknown_type_0x00", raw_frame(0x00, 1, b""), ErrorCode.UNKNOWN_FRAME_TYPE),
+        ("unknown_type_0x17", raw_frame(0x17, 1, b""), ErrorCode.UNKNOWN_FRAME_TYPE),
+        ("unknown_type_0x37", raw_frame(0x37, 1, b""), ErrorCode.UNKNOWN_FRAME_TYPE),
+        ("unknown_type_0x46", raw_frame(0x46, 1, b""), ErrorCode.UNKNOWN_FRAME_TYPE),
         ("hello_truncated", raw_frame(0x01, 1, hello_body[:-1]), m),
         ("hello_trailing_byte", raw_frame(0x01, 1, hello_body + b"\x00"), m),
         (
@@ -341,6 +515,90 @@ def must_fail_vectors() -> list[tuple[str, bytes, ErrorCode]]:
             raw_frame(0x23, 14, b"M8N22HTR" + struct.pack(">IB", 1, 2)),
             m,
         ),
+        (
+            "conv_send_17_blob_ids",
+            raw_frame(0x15, 16, conv_send_head + struct.pack(">I", 17) + BLOB_ID * 17),
+            m,
+        ),
+        (
+            "conv_send_truncated_blob_id",
+            raw_frame(0x15, 16, conv_send_head + b"\x00\x00\x00\x01" + BLOB_ID[:15]),
+            m,
+        ),
+        ("conv_send_without_blob_list", raw_frame(0x15, 16, conv_send_head), m),
+        ("conv_send_truncated_conv_id", raw_frame(0x15, 16, MESSAGE_ID + CONV_ID[:8]), m),
+        (
+            "send_blobs_17_blob_ids",
+            raw_frame(0x16, 17, send_head + struct.pack(">II", 0, 17) + BLOB_ID * 17),
+            m,
+        ),
+        ("send_blobs_without_blob_list", raw_frame(0x16, 17, send_head + struct.pack(">I", 0)), m),
+        ("conv_put_truncated_record", raw_frame(0x32, 18, CONV_ID + _bytes(b"roster")[:-1]), m),
+        ("conv_get_truncated_epoch", raw_frame(0x33, 19, CONV_ID + bytes(7)), m),
+        ("conv_list_with_body", raw_frame(0x35, 21, b"\x00"), m),
+        ("conv_info_role_2", conv_info(conv_info_head, member_a[:8] + b"\x02"), m),
+        ("conv_info_kind_3", conv_info(CONV_ID + b"\x03\x00" + bytes(8), member_a), m),
+        ("conv_info_kind_0", conv_info(CONV_ID + b"\x00\x00" + bytes(8), member_a), m),
+        ("conv_info_managed_2", conv_info(CONV_ID + b"\x01\x02" + bytes(8), member_a), m),
+        ("conv_info_members_descending", conv_info(conv_info_head, member_b + member_a), m),
+        ("conv_info_member_twice", conv_info(conv_info_head, member_a + member_a), m),
+        (
+            "conv_info_member_count_beyond_body",
+            raw_frame(0x34, 19, conv_info_head + struct.pack(">I", 2) + member_a + no_records),
+            m,
+        ),
+        (
+            "conv_info_without_org_keys",
+            raw_frame(0x34, 19, conv_info_head + struct.pack(">II", 0, 0)),
+            m,
+        ),
+        (
+            "convs_kind_3",
+            raw_frame(0x36, 21, struct.pack(">I", 1) + CONV_ID + b"\x03\x00" + bytes(8)),
+            m,
+        ),
+        (
+            "convs_count_beyond_body",
+            raw_frame(0x36, 21, struct.pack(">I", 2) + CONV_ID + b"\x01\x00" + bytes(8)),
+            m,
+        ),
+        ("blob_start_truncated_size", raw_frame(0x40, 22, BLOB_ID + bytes(7)), m),
+        (
+            "blob_status_complete_2",
+            raw_frame(0x41, 22, BLOB_ID + struct.pack(">QQB", 40, 40, 2)),
+            m,
+        ),
+        (
+            "blob_status_received_above_size",
+            raw_frame(0x41, 22, BLOB_ID + struct.pack(">QQB", 40, 41, 0)),
+            m,
+        ),
+        (
+            "blob_status_complete_but_short",
+            raw_frame(0x41, 22, BLOB_ID + struct.pack(">QQB", 40, 24, 1)),
+            m,
+        ),
+        ("blob_chunk_empty_data", raw_frame(0x42, 23, blob_head + _bytes(b"")), m),
+        (
+            "blob_chunk_data_length_262145",
+            raw_frame(0x42, 23, blob_head + struct.pack(">I", 262_145) + b"\x00"),
+            m,
+        ),
+        ("blob_chunk_truncated_data", raw_frame(0x42, 23, blob_head + _bytes(b"abc")[:-1]), m),
+        ("blob_finish_sha256_31_bytes", raw_frame(0x43, 25, BLOB_ID + bytes(31)), m),
+        ("blob_get_length_0", raw_frame(0x44, 26, blob_head + struct.pack(">I", 0)), m),
+        ("blob_get_length_262145", raw_frame(0x44, 26, blob_head + struct.pack(">I", 262_145)), m),
+        ("blob_get_truncated_length", raw_frame(0x44, 26, blob_head + b"\x00\x00\x01"), m),
+        (
+            "blob_data_past_size",
+            raw_frame(0x45, 26, BLOB_ID + struct.pack(">QQ", 40, 39) + _bytes(b"ab")),
+            m,
+        ),
+        (
+            "blob_data_data_length_262145",
+            raw_frame(0x45, 26, BLOB_ID + struct.pack(">QQI", 2**40, 0, 262_145) + b"\x00"),
+            m,
+        ),
     ]
 
 
@@ -388,17 +646,27 @@ def auth_vectors() -> list[dict[str, Any]]:
 
 
 def invite_vectors() -> list[dict[str, Any]]:
-    """Invite links for a DNS name, an IPv4 and an IPv6 address."""
+    """Invite links for a DNS name, an IPv4 and an IPv6 address, without and with ORGFP."""
     out = []
-    for host, port in (("chat.example.org", 7443), ("192.0.2.10", 443), ("2001:db8::10", 7443)):
-        link = invite.InviteLink(host, port, INVITE_CODE, CERT_FP)
+    cases = (
+        ("chat.example.org", 7443, None),
+        ("192.0.2.10", 443, None),
+        ("2001:db8::10", 7443, None),
+        ("chat.example.org", 7443, ORG_FP),
+        ("2001:db8::10", 7443, ORG_FP),
+    )
+    for host, port, org_fp in cases:
+        link = invite.InviteLink(host, port, INVITE_CODE, CERT_FP, org_fp)
         out.append(
             {
+                "name": f"{host}{'_org' if org_fp else ''}",
                 "host": host,
                 "port": port,
                 "code": INVITE_CODE,
                 "fingerprint": CERT_FP.hex(),
                 "fingerprint_text": invite.fingerprint_text(CERT_FP),
+                "org_fingerprint": org_fp.hex() if org_fp else None,
+                "org_fingerprint_text": invite.fingerprint_text(org_fp) if org_fp else None,
                 "link": str(link),
             }
         )
@@ -408,6 +676,7 @@ def invite_vectors() -> list[dict[str, Any]]:
 def invite_must_fail_vectors() -> list[dict[str, str]]:
     """Invite links a parser must reject."""
     fp = invite.fingerprint_text(CERT_FP)
+    org = invite.fingerprint_text(ORG_FP)
     good = f"chat.example.org:7443/invite/{INVITE_CODE}"
     return [
         {"name": "wrong_scheme", "link": f"https://{good}#{fp}"},
@@ -421,6 +690,14 @@ def invite_must_fail_vectors() -> list[dict[str, str]]:
         },
         {"name": "code_with_U", "link": f"momedo://chat.example.org:7443/invite/UUUU#{fp}"},
         {"name": "wrong_path", "link": f"momedo://chat.example.org:7443/join/{INVITE_CODE}#{fp}"},
+        {"name": "empty_org_fingerprint", "link": f"momedo://{good}#{fp}."},
+        {"name": "short_org_fingerprint", "link": f"momedo://{good}#{fp}.{org[:-1]}"},
+        {"name": "long_org_fingerprint", "link": f"momedo://{good}#{fp}.{org}A"},
+        {"name": "org_fingerprint_not_canonical", "link": f"momedo://{good}#{fp}.{org[:-1]}B"},
+        {"name": "org_fingerprint_bad_character", "link": f"momedo://{good}#{fp}.{org[:-1]}1"},
+        {"name": "three_fingerprints", "link": f"momedo://{good}#{fp}.{org}.{org}"},
+        {"name": "org_fingerprint_only", "link": f"momedo://{good}#.{org}"},
+        {"name": "org_fingerprint_comma", "link": f"momedo://{good}#{fp},{org}"},
     ]
 
 

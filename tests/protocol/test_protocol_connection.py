@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from momedod.protocol.connection import Connection, Role, State
@@ -11,6 +13,18 @@ from momedod.protocol.frames import (
     Ack,
     Auth,
     AuthOk,
+    BlobChunk,
+    BlobData,
+    BlobFinish,
+    BlobGet,
+    BlobStart,
+    BlobStatus,
+    ConvGet,
+    ConvInfo,
+    ConvList,
+    ConvPut,
+    Convs,
+    ConvSend,
     Deliver,
     Drained,
     Enroll,
@@ -27,6 +41,7 @@ from momedod.protocol.frames import (
     Prekey,
     Recipient,
     Send,
+    SendBlobs,
     Welcome,
     encode_frame,
 )
@@ -308,3 +323,55 @@ def test_buffered_reports_a_cut_off_frame() -> None:
     server.receive_data(encode_frame(HELLO)[:-2])
     assert server.next_event() is None
     assert server.buffered > 0
+
+
+CID, BID = bytes(range(16, 32)), bytes(range(32, 48))
+CONV_AND_BLOB_REQUESTS: list[Frame] = [
+    ConvSend(3, MID, CID, b"p", (Recipient(UID, 2, b"x"),), (BID,)),
+    SendBlobs(4, MID, b"p", (Recipient(UID, 2, b""),), (BID,)),
+    ConvPut(5, CID, b"roster"),
+    ConvGet(6, CID, 0),
+    ConvList(7),
+    BlobStart(8, BID, 40),
+    BlobChunk(9, BID, 0, b"data"),
+    BlobFinish(10, BID, bytes(32)),
+    BlobGet(11, BID, 0, 4),
+]
+CONV_AND_BLOB_REPLIES: list[Frame] = [
+    Accepted(3, MID, 1, False),
+    Ok(5),
+    ConvInfo(6, CID, 1, False, 1, (), (b"roster",), ()),
+    Convs(7, ()),
+    BlobStatus(8, BID, 40, 0, False),
+    BlobData(11, BID, 40, 0, b"data"),
+]
+
+
+def test_conversation_and_blob_frames_flow_in_ready() -> None:
+    client, server = ready_pair()
+    for request in CONV_AND_BLOB_REQUESTS:
+        deliver(request, client, server)
+    for reply in CONV_AND_BLOB_REPLIES:
+        deliver(reply, server, client)
+    assert client.state is server.state is State.READY
+
+
+@pytest.mark.parametrize("request_frame", CONV_AND_BLOB_REQUESTS, ids=lambda f: type(f).__name__)
+def test_conversation_and_blob_requests_need_ready_and_a_request_id(
+    request_frame: Frame,
+) -> None:
+    client, server = Connection(Role.CLIENT), Connection(Role.SERVER)
+    with pytest.raises(LocalProtocolError):
+        client.send(request_frame)
+    deliver(HELLO, client, server)
+    expect_violation(server, request_frame, ErrorCode.UNEXPECTED_FRAME)
+    _, server = ready_pair()
+    expect_violation(server, dataclasses.replace(request_frame, request_id=0), ErrorCode.MALFORMED)
+
+
+@pytest.mark.parametrize("reply", CONV_AND_BLOB_REPLIES, ids=lambda f: type(f).__name__)
+def test_conversation_and_blob_replies_come_only_from_the_server(reply: Frame) -> None:
+    client, server = ready_pair()
+    with pytest.raises(LocalProtocolError):
+        client.send(reply)
+    expect_violation(server, reply, ErrorCode.UNKNOWN_FRAME_TYPE)

@@ -16,6 +16,17 @@ from momedod.protocol.frames import (
     Accepted,
     Ack,
     Auth,
+    BlobChunk,
+    BlobData,
+    BlobFinish,
+    BlobGet,
+    BlobStatus,
+    ConvInfo,
+    ConvMember,
+    ConvPut,
+    Convs,
+    ConvSend,
+    ConvSummary,
     Deliver,
     Error,
     Frame,
@@ -25,6 +36,7 @@ from momedod.protocol.frames import (
     Ping,
     Recipient,
     Send,
+    SendBlobs,
     decode_frame,
     encode_frame,
 )
@@ -34,6 +46,9 @@ VECTORS = json.loads(
 )
 STREAM = b"".join(bytes.fromhex(v["hex"]) for v in VECTORS["frames"])
 MESSAGE_ID = bytes(range(16))
+CONV_ID = bytes(range(16, 32))
+BLOB_ID = bytes(range(32, 48))
+ANNA, BEN = ConvMember("49K49J00", 1), ConvMember("M8N22HTR", 0)
 
 
 def decode_all(decoder: FrameDecoder, data: bytes, chunk: int) -> list[Frame]:
@@ -175,11 +190,66 @@ def test_accepted_duplicate_is_a_strict_flag() -> None:
         Ping(2**32, 0),
         Ok(1 << 40),
         Error(0, 70000, ""),
+        ConvSend(1, MESSAGE_ID, CONV_ID, b"", (), (BLOB_ID,) * 17),
+        ConvSend(1, MESSAGE_ID, CONV_ID[:15], b"", ()),
+        SendBlobs(1, MESSAGE_ID, b"", (), (BLOB_ID[:15],)),
+        ConvPut(1, CONV_ID + b"\x00", b"roster"),
+        ConvInfo(1, CONV_ID, 3, False, 1, (), (), ()),
+        ConvInfo(1, CONV_ID, 0, False, 1, (), (), ()),
+        ConvInfo(1, CONV_ID, 1, False, 1, (ConvMember("49K49J00", 2),), (), ()),
+        ConvInfo(1, CONV_ID, 1, False, 1, (BEN, ANNA), (), ()),
+        ConvInfo(1, CONV_ID, 1, False, 1, (ANNA, ANNA), (), ()),
+        Convs(1, (ConvSummary(CONV_ID, 7, True, 1),)),
+        BlobStatus(1, BLOB_ID, 40, 41, False),
+        BlobStatus(1, BLOB_ID, 40, 39, True),
+        BlobChunk(1, BLOB_ID, 0, b""),
+        BlobChunk(1, BLOB_ID, 0, bytes(262_145)),
+        BlobFinish(1, BLOB_ID, bytes(31)),
+        BlobGet(1, BLOB_ID, 0, 0),
+        BlobGet(1, BLOB_ID, 0, 262_145),
+        BlobData(1, BLOB_ID, 40, 39, b"ab"),
+        BlobData(1, BLOB_ID, 2**40, 0, bytes(262_145)),
     ],
 )
 def test_encoder_refuses_invalid_fields(frame: Frame) -> None:
     with pytest.raises(ValueError):
         encode_frame(frame)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        ConvSend(1, MESSAGE_ID, CONV_ID, b"p", (), (BLOB_ID,) * 16),
+        SendBlobs(1, MESSAGE_ID, b"p", (Recipient("M8N22HTR", 1, b""),), (BLOB_ID,) * 16),
+        BlobChunk(1, BLOB_ID, 2**64 - 1, bytes(262_144)),
+        BlobGet(1, BLOB_ID, 0, 262_144),
+        BlobGet(1, BLOB_ID, 0, 1),
+        BlobData(1, BLOB_ID, 10, 10, b""),
+        BlobData(1, BLOB_ID, 10, 11, b""),
+        BlobData(1, BLOB_ID, 10, 8, b"ab"),
+        BlobStatus(1, BLOB_ID, 0, 0, True),
+        ConvInfo(1, CONV_ID, 2, True, 2**64 - 1, (ANNA, BEN), (b"", b"r"), (b"k",)),
+    ],
+)
+def test_boundary_values_round_trip(frame: Frame) -> None:
+    decoder = FrameDecoder()
+    decoder.feed(encode_frame(frame))
+    assert decoder.next_frame() == frame
+
+
+def test_conv_send_without_blob_ids_defaults_to_none() -> None:
+    frame = ConvSend(1, MESSAGE_ID, CONV_ID, b"p", ())
+    assert frame.blob_ids == ()
+    assert encode_frame(frame).endswith(b"\x00\x00\x00\x00" * 2)
+
+
+def test_send_blobs_body_is_send_body_plus_blob_list() -> None:
+    recipients = (Recipient("M8N22HTR", 1, b"\x01"),)
+    send = encode_frame(Send(5, MESSAGE_ID, b"payload", recipients))
+    blobs = encode_frame(SendBlobs(5, MESSAGE_ID, b"payload", recipients, (BLOB_ID,)))
+    tail = struct.pack(">I", 1) + BLOB_ID
+    assert blobs[9:] == send[9:] + tail
+    assert blobs[4] == 0x16 and struct.unpack(">I", blobs[:4])[0] == len(blobs) - 4
 
 
 def test_fuzz_decoder_only_raises_protocol_error() -> None:

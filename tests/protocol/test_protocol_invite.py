@@ -18,6 +18,8 @@ from momedod.protocol.userid import ALPHABET
 
 FP = hashlib.sha256(b"certificate").digest()
 FP_TEXT = invite.fingerprint_text(FP)
+ORG_FP = hashlib.sha256(b"organisation key").digest()
+ORG_TEXT = invite.fingerprint_text(ORG_FP)
 CODE = "7Z2QH4KMW9XRB3TNC8VD"
 
 
@@ -86,6 +88,42 @@ def test_link_round_trip(host: str, text_host: str) -> None:
     assert invite.parse_invite_link(text) == link
 
 
+@pytest.mark.parametrize("host", ["chat.example.org", "::1"])
+def test_link_with_organisation_fingerprint_round_trip(host: str) -> None:
+    link = InviteLink(host, 7443, CODE, FP, ORG_FP)
+    text = link.format()
+    assert text.endswith(f"/invite/{CODE}#{FP_TEXT}.{ORG_TEXT}")
+    parsed = invite.parse_invite_link(text)
+    assert parsed == link and parsed.org_fp == ORG_FP
+    assert invite.parse_invite_link(text.lower()) == link
+
+
+def test_link_without_organisation_fingerprint_is_unchanged() -> None:
+    link = InviteLink("chat.example.org", 7443, CODE, FP)
+    assert link.org_fp is None
+    assert str(link) == f"momedo://chat.example.org:7443/invite/{CODE}#{FP_TEXT}"
+    assert invite.parse_invite_link(str(link)).org_fp is None
+
+
+@pytest.mark.parametrize(
+    ("fragment", "reason"),
+    [
+        (f"{FP_TEXT}.", "organisation key fingerprint: a fingerprint has 52"),
+        (f"{FP_TEXT}.{ORG_TEXT[:-1]}", "organisation key fingerprint: a fingerprint has 52"),
+        (f"{FP_TEXT}.{ORG_TEXT}A", "organisation key fingerprint: a fingerprint has 52"),
+        (f"{FP_TEXT}.{ORG_TEXT[:-1]}B", "organisation key fingerprint: fingerprint is not in"),
+        (f"{FP_TEXT}.{ORG_TEXT[:-1]}1", "organisation key fingerprint: fingerprint is not val"),
+        (f"{FP_TEXT}.{ORG_TEXT}.{ORG_TEXT}", "more than two fingerprints"),
+        (f".{ORG_TEXT}", "certificate fingerprint"),
+        (f"{ORG_TEXT[:-1]}B.{ORG_TEXT}", "certificate fingerprint"),
+    ],
+)
+def test_bad_organisation_fingerprint_is_named(fragment: str, reason: str) -> None:
+    with pytest.raises(InvalidInviteLink) as info:
+        invite.parse_invite_link(f"momedo://h:1/invite/{CODE}#{fragment}")
+    assert reason in str(info.value)
+
+
 def test_parse_is_forgiving_about_case_dashes_and_whitespace() -> None:
     text = f"  MOMEDO://chat.example.org:7443/invite/7z2qh-4kmw9-xrb3t-nc8vd#{FP_TEXT.lower()}\n"
     assert invite.parse_invite_link(text) == InviteLink("chat.example.org", 7443, CODE, FP)
@@ -127,6 +165,10 @@ def test_link_fields_are_validated_on_construction() -> None:
         InviteLink("h", 1, CODE, FP[:31])
     with pytest.raises(InvalidInviteLink):
         InviteLink("h h", 1, CODE, FP)
+    with pytest.raises(InvalidInviteLink, match="organisation"):
+        InviteLink("h", 1, CODE, FP, ORG_FP[:31])
+    with pytest.raises(InvalidInviteLink, match="organisation"):
+        InviteLink("h", 1, CODE, FP, b"")
 
 
 def test_generate_invite_code() -> None:
