@@ -2,6 +2,6 @@
 
 It talks to the daemon only through the admin socket (the same JSON-lines protocol as
 ``momedoctl``, see ``momedod.admin.protocol``), found from the same config file, and shows the
-server's state and its users, refreshed every two seconds. Run it as ``momedo-tui [-c FILE |
---dev]``; ``r`` refreshes at once, ``q`` quits.
+server's state, its users and devices, groups and channels and the audit log, refreshed
+every two seconds. Run it as ``momedo-tui [-c FILE | --dev] [--org-key FILE]``; ``q`` quits.
 """

@@ -15,10 +15,15 @@ drops, the dashboard says why and it is reopened every ``reconnect_interval`` se
 
 User actions (add, disable, enable, new invite, delete) work on the selected row of the
 users table over the request connection; their outcome, or the daemon's error, goes to the
-status line, and the table is refreshed afterwards. Add and invite show the link and its QR
-code in a scrollable dialog (the code of a link is taller than 24 rows with its quiet zone).
-``v`` lists the selected user's devices in a dialog, where ``k`` revokes one after a
-confirmation (momedod disconnects it at once); ``l`` shows the newest audit-log entries.
+status line, and the table is refreshed afterwards. Add and invite show the QR code with the
+link beside it (a usual link's code, 23 rows, fits 80x24 whole; longer ones scroll). ``v``
+lists the selected user's devices in a dialog, where ``k`` revokes one after a confirmation
+(momedod disconnects it at once); ``g`` opens groups and channels (``momedo_tui.groups``,
+which signs roster changes with the organisation key file found as momedoctl finds it);
+``l`` shows the newest audit-log entries.
+
+Every screen is laid out for 80x24 with its keys in the bottom line; tests/tui/snapshots/
+holds the text of each (tests/tui/test_tui_snapshots.py).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +44,17 @@ from textual.content import Content
 from textual.widgets import DataTable, Footer, Header, Static
 
 from momedo_tui.client import AdminClient, ConnectionProblem, subscribe
+from momedo_tui.groups import GroupsScreen
 from momedo_tui.screens import (
     AuditScreen,
     ConfirmScreen,
     DevicesScreen,
     InviteScreen,
     NameScreen,
+    fit,
+    until_closed,
 )
+from momedod.admin import orgkey
 from momedod.admin.locate import add_socket_arguments, socket_path
 from momedod.admin.protocol import AdminError, UserInfo
 from momedod.config import ConfigError
@@ -56,6 +65,10 @@ REFRESH_INTERVAL_S = 2.0
 RECONNECT_S = 2.0
 """Pause between attempts to reopen the subscribe stream."""
 RECENT_LOG_LINES = 2
+LINE_WIDTH = 76
+"""Text width inside a bordered, padded panel of an 80-column terminal."""
+NAME_WIDTH = 40
+"""Width of the users table's name column (longer names end in "…")."""
 USER_ACTIONS = frozenset(
     {
         "add_user",
@@ -65,10 +78,16 @@ USER_ACTIONS = frozenset(
         "delete_user",
         "show_devices",
         "show_audit",
+        "show_groups",
         "reload",
     }
 )
 _LABEL_WIDTH = 17
+
+
+def local_time() -> str:
+    """The local time of day, HH:MM:SS."""
+    return time.strftime("%H:%M:%S")
 
 
 def _uptime(seconds: float) -> str:
@@ -87,17 +106,15 @@ def _host_port(address: str, port: Any) -> str:
 
 
 def server_lines(info: dict[str, Any]) -> list[tuple[str, str]]:
-    """The server panel as (label, value) lines, from a ``server.info`` result."""
+    """The server panel as (label, value) lines, from a ``server.info`` result.
+
+    Uptime and the counts are on the dashboard and in the users table's title; the panel
+    keeps to what does not change, so the users table gets the rows of an 80x24 terminal.
+    """
     fingerprint = info["fingerprint"]
-    counts = (
-        f"{info['users']}    Online devices: {info['online_devices']}"
-        f"    Queued messages: {info['mailbox_entries']}"
-    )
     lines = [
         ("Public address", str(info["public_address"])),
         ("Fingerprint", str(fingerprint)),
-        ("Uptime", _uptime(info["uptime_s"])),
-        ("Users", counts),
     ]
     for i, listener in enumerate(info["listeners"]):
         value = (
@@ -145,7 +162,7 @@ def log_line(data: dict[str, Any]) -> str:
     fields = data.get("fields") or {}
     detail = " ".join(f"{k}={v}" for k, v in fields.items()) if isinstance(fields, dict) else ""
     line = f"{time_text} {str(data.get('level', '?')).upper()} {data.get('event', '?')} {detail}"
-    return line.rstrip()[:74]
+    return fit(line.rstrip(), LINE_WIDTH)
 
 
 class Dashboard(Static):
@@ -180,8 +197,10 @@ class MomedoTui(App[int]):
         Binding("i", "invite_user", "Invite"),
         Binding("x", "delete_user", "Delete"),
         Binding("v", "show_devices", "Devices"),
+        Binding("g", "show_groups", "Groups"),
         Binding("l", "show_audit", "Log"),
-        Binding("r", "reload", "Refresh"),
+        # refreshing is automatic; r (not in the footer, to leave room) does it at once
+        Binding("r", "reload", "Refresh", show=False),
         Binding("q", "quit", "Quit"),
     ]
 
@@ -192,8 +211,12 @@ class MomedoTui(App[int]):
         refresh_interval: float = REFRESH_INTERVAL_S,
         stats_interval: float = 1.0,
         reconnect_interval: float = RECONNECT_S,
+        clock: Callable[[], str] = local_time,
+        org_key: Path | None = None,
     ) -> None:
         super().__init__()
+        self.org_key = org_key  # the organisation key file group changes are signed with
+        self.clock = clock  # the time shown for the last refresh and stats event
         self.client = client
         self.refresh_interval = refresh_interval
         self.stats_interval = stats_interval
@@ -220,12 +243,12 @@ class MomedoTui(App[int]):
         dashboard = self.query_one("#dashboard", Dashboard)
         dashboard.border_title = "Dashboard"
         dashboard.show()
-        self.run_worker(self._stream_loop(), group="subscribe")
+        self.run_worker(until_closed(self._stream_loop()), group="subscribe")
         table = self.query_one("#users", DataTable)
-        table.add_column("ID", key="id")
-        table.add_column("Name", key="name")
-        table.add_column(Text("Devices", justify="right"), key="devices")
-        table.add_column("Status", key="status")
+        table.add_column("ID", key="id", width=9)
+        table.add_column("Name", key="name", width=NAME_WIDTH)
+        table.add_column(Text("Devices", justify="right"), key="devices", width=7)
+        table.add_column("Status", key="status", width=8)
         self.request_refresh()
         self.set_interval(self.refresh_interval, self.request_refresh)
 
@@ -238,7 +261,7 @@ class MomedoTui(App[int]):
                     if event.kind == "stats":
                         dashboard.stats_lines = dashboard_lines(event.data)
                         dashboard.problem = ""
-                        dashboard.border_subtitle = f"live {time.strftime('%H:%M:%S')}"
+                        dashboard.border_subtitle = f"live {self.clock()}"
                     elif event.kind == "log":
                         dashboard.recent = [*dashboard.recent[-9:], log_line(event.data)]
                     else:
@@ -305,7 +328,7 @@ class MomedoTui(App[int]):
 
         def created(name: str | None) -> None:
             if name:
-                self.run_worker(self._add_user(name), group="action")
+                self.run_worker(until_closed(self._add_user(name)), group="action")
 
         self.push_screen(NameScreen("Name of the new user:"), created)
 
@@ -321,20 +344,20 @@ class MomedoTui(App[int]):
         user = self._selected_user()
         if user is not None:
             done = f"Disabled {user.name} ({user.user_id})."
-            self.run_worker(self._admin("user.disable", done, user_id=user.user_id))
+            self.run_worker(until_closed(self._admin("user.disable", done, user_id=user.user_id)))
 
     def action_enable_user(self) -> None:
         """Enable the selected user again."""
         user = self._selected_user()
         if user is not None:
             done = f"Enabled {user.name} ({user.user_id})."
-            self.run_worker(self._admin("user.enable", done, user_id=user.user_id))
+            self.run_worker(until_closed(self._admin("user.enable", done, user_id=user.user_id)))
 
     def action_invite_user(self) -> None:
         """Make a new invite for the selected user and show it."""
         user = self._selected_user()
         if user is not None:
-            self.run_worker(self._invite_user(user))
+            self.run_worker(until_closed(self._invite_user(user)))
 
     async def _invite_user(self, user: UserInfo) -> None:
         done = f"New invite for {user.name} ({user.user_id})."
@@ -351,7 +374,9 @@ class MomedoTui(App[int]):
         def confirmed(yes: bool | None) -> None:
             if yes and user is not None:
                 done = f"Deleted {user.name} ({user.user_id})."
-                self.run_worker(self._admin("user.delete", done, user_id=user.user_id))
+                self.run_worker(
+                    until_closed(self._admin("user.delete", done, user_id=user.user_id))
+                )
 
         question = (
             f"Delete {user.name} ({user.user_id}) and all their devices? This cannot be undone."
@@ -367,6 +392,10 @@ class MomedoTui(App[int]):
                 lambda _: self.request_refresh(),
             )
 
+    def action_show_groups(self) -> None:
+        """List groups and channels (create, delete, members and admins there)."""
+        self.push_screen(GroupsScreen(self.client, self.org_key))
+
     def action_show_audit(self) -> None:
         """Show the newest entries of the audit log."""
         self.push_screen(AuditScreen(self.client))
@@ -380,7 +409,7 @@ class MomedoTui(App[int]):
         self._refresh_wanted = True
         if not self._refreshing:
             self._refreshing = True
-            self.run_worker(self._refresh_loop(), group="refresh")
+            self.run_worker(until_closed(self._refresh_loop()), group="refresh")
 
     async def _refresh_loop(self) -> None:
         try:
@@ -415,7 +444,7 @@ class MomedoTui(App[int]):
         self._show_users(users)
         self._refresh_problem = ""
         self._show_status()
-        updated = time.strftime("%H:%M:%S")
+        updated = self.clock()
         self.query_one("#server", ServerPanel).border_subtitle = f"updated {updated}"
 
     def _show_problem(self, message: str) -> None:
@@ -440,7 +469,7 @@ class MomedoTui(App[int]):
         for user in users:
             table.add_row(
                 Text(user.user_id),
-                Text(user.name),
+                Text(fit(user.name, NAME_WIDTH)),
                 Text(str(user.devices), justify="right"),
                 Text("disabled" if user.disabled else "active"),
                 key=user.user_id,
@@ -452,13 +481,22 @@ class MomedoTui(App[int]):
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="momedo-tui",
-        description="Watch a running momedod: server state and users, through its admin socket.",
+        description="Watch and manage a running momedod (server state, users, devices, groups, "
+        "audit log) through its admin socket.",
     )
     add_socket_arguments(parser)
+    parser.add_argument(
+        "--org-key",
+        type=Path,
+        metavar="FILE",
+        help="organisation key file that group changes are signed with (default: as "
+        "momedoctl: $MOMEDO_ORG_KEY, else org.key next to the config file, with --dev in "
+        "./.momedo-dev)",
+    )
     return parser
 
 
-async def _run(socket_path: Path) -> int:
+async def _run(socket_path: Path, org_key: Path | None = None) -> int:
     client = AdminClient(socket_path)
     try:
         try:
@@ -466,7 +504,7 @@ async def _run(socket_path: Path) -> int:
         except (ConnectionProblem, AdminError) as e:
             print(f"momedo-tui: {e}", file=sys.stderr)
             return 1
-        app = MomedoTui(client)
+        app = MomedoTui(client, org_key=org_key)
         await app.run_async()
         return app.return_code or 0
     finally:
@@ -478,10 +516,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = _build_parser().parse_args(argv)
     try:
         path = socket_path(ns)
+        key_path = orgkey.locate(ns.config, ns.dev, ns.org_key)
     except ConfigError as e:
         print(f"momedo-tui: {e}", file=sys.stderr)
         return 1
-    return asyncio.run(_run(path))
+    return asyncio.run(_run(path, key_path))
 
 
 if __name__ == "__main__":

@@ -3,33 +3,65 @@ list a user's devices (and revoke one), show the audit log."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Awaitable
+
 import segno
 from rich.style import Style
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from momedo_tui.client import AdminClient, ConnectionProblem
 from momedod.admin.protocol import AdminError, AuditInfo, DeviceInfo
 
+
+async def until_closed(work: Awaitable[object]) -> None:
+    """Run ``work`` (a worker's coroutine) unless its screen or the app closes meanwhile.
+
+    The console never removes a widget while its screen is open, so a query that finds
+    nothing (NoMatches) means the screen or app was closed under the worker: stop quietly
+    instead of failing the app on its way out.
+    """
+    with contextlib.suppress(NoMatches):
+        await work
+
+
+def fit(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, ending in "…" if it was longer."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 __all__ = [
     "AUDIT_LIMIT",
+    "QR_BORDER",
     "AuditScreen",
     "ConfirmScreen",
     "DevicesScreen",
     "InviteScreen",
     "NameScreen",
+    "fit",
     "qr_text",
+    "short_time",
+    "until_closed",
 ]
 
 AUDIT_LIMIT = 100
 """The audit view shows this many of the newest entries."""
 
-LINK_CHUNK = 64
-"""The invite link is shown in lines of this many characters, so it fits 80 columns."""
+LINK_CHUNK = 31
+"""The invite link is shown in lines of this many characters, beside the QR code."""
+QR_BORDER = 2
+"""Quiet zone of the QR code in modules (light, as the code is drawn black on white)."""
+
+DEVICE_NAME_WIDTH = 20
+AUDIT_ACTION_WIDTH = 14
+AUDIT_TARGET_WIDTH = 29
+"""Column widths that keep the devices and audit tables inside an 80-column terminal."""
 
 _QR_STYLE = Style(color="black", bgcolor="white")
 
@@ -37,7 +69,7 @@ _QR_STYLE = Style(color="black", bgcolor="white")
 def qr_text(data: str) -> Text:
     """A QR code of ``data`` in half-block characters: two modules per character, black on white."""
     qr = segno.make(data, error="l")
-    rows = [[bool(v) for v in row] for row in qr.matrix_iter(scale=1, border=4)]
+    rows = [[bool(v) for v in row] for row in qr.matrix_iter(scale=1, border=QR_BORDER)]
     if len(rows) % 2:
         rows.append([False] * len(rows[0]))
     lines = []
@@ -59,14 +91,15 @@ class NameScreen(ModalScreen[str | None]):
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, prompt: str) -> None:
+    def __init__(self, prompt: str, placeholder: str = "Name") -> None:
         super().__init__()
         self.prompt = prompt
+        self.placeholder = placeholder
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Static(self.prompt)
-            yield Input(placeholder="Name", id="name")
+            yield Input(placeholder=self.placeholder, id="name")
             yield Static("Enter: create   Esc: cancel", classes="hint")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
@@ -100,7 +133,12 @@ class ConfirmScreen(ModalScreen[bool]):
 
 
 class InviteScreen(ModalScreen[None]):
-    """An invite link and its QR code, scrollable when the code is taller than the terminal."""
+    """An invite's QR code with the link and its expiry beside it.
+
+    At 80x24 the whole code of a usual link (version 6, 41 modules and a quiet zone of 2: 23
+    rows) is on screen at once, so it can be scanned off the terminal; longer links or
+    smaller terminals scroll.
+    """
 
     BINDINGS = [Binding("escape,enter,q", "close", "Close")]
 
@@ -111,13 +149,15 @@ class InviteScreen(ModalScreen[None]):
         self.expires = expires
 
     def compose(self) -> ComposeResult:
-        with VerticalScroll(id="invite-box"):
-            yield Static(Text(self.title_text, style="bold"))
-            yield Static(f"Expires {self.expires}. Esc/Enter closes, arrows scroll.")
-            yield Static("Invite link:")
-            yield Static(Text(link_lines(self.link), no_wrap=True), id="invite-link")
-            yield Static("")
+        with VerticalScroll(id="invite-box"), Horizontal(id="invite-row"):
             yield Static(qr_text(self.link), id="invite-qr")
+            with Vertical(id="invite-side"):
+                yield Static(Text(self.title_text, style="bold"))
+                yield Static(f"Expires {short_time(self.expires)} UTC.")
+                yield Static("Invite link:")
+                yield Static(Text(link_lines(self.link), no_wrap=True), id="invite-link")
+                yield Static("Scan the code with the momedo app, or type the link.")
+                yield Static("Esc/Enter/q: close", classes="hint")
 
     def on_mount(self) -> None:
         self.query_one("#invite-box").focus()
@@ -160,11 +200,11 @@ class DevicesScreen(ModalScreen[None]):
         box = self.query_one("#devices-box")
         box.border_title = f"Devices of {self.user_name} ({self.user_id})"
         table = self.query_one("#devices", DataTable)
-        table.add_column("ID", key="id")
-        table.add_column("Name", key="name")
-        table.add_column("Last seen", key="last_seen")
-        table.add_column(Text("Queued", justify="right"), key="queued")
-        table.add_column("Status", key="status")
+        table.add_column("ID", key="id", width=4)
+        table.add_column("Name", key="name", width=DEVICE_NAME_WIDTH)
+        table.add_column("Last seen", key="last_seen", width=16)
+        table.add_column(Text("Queued", justify="right"), key="queued", width=6)
+        table.add_column("Status", key="status", width=18)
         table.focus()
         self.action_reload()
 
@@ -173,7 +213,7 @@ class DevicesScreen(ModalScreen[None]):
 
     def action_reload(self) -> None:
         """Fetch the devices again."""
-        self.run_worker(self._load(), group="devices", exclusive=True)
+        self.run_worker(until_closed(self._load()), group="devices", exclusive=True)
 
     async def _load(self) -> None:
         try:
@@ -195,10 +235,10 @@ class DevicesScreen(ModalScreen[None]):
             selected = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
         table.clear()
         for device in devices:
-            status = f"revoked {short_time(device.revoked)}" if device.revoked else "active"
+            status = f"revoked {device.revoked[:10]}" if device.revoked else "active"
             table.add_row(
                 Text(str(device.device_id)),
-                Text(device.name),
+                Text(fit(device.name, DEVICE_NAME_WIDTH)),
                 Text(short_time(device.last_seen)),
                 Text(str(device.mailbox), justify="right"),
                 Text(status),
@@ -232,7 +272,7 @@ class DevicesScreen(ModalScreen[None]):
 
         def confirmed(yes: bool | None) -> None:
             if yes and device is not None:
-                self.run_worker(self._revoke(device), group="revoke")
+                self.run_worker(until_closed(self._revoke(device)), group="revoke")
 
         question = (
             f"Revoke device {device.device_id} ({device.name}) of {self.user_name}? "
@@ -260,8 +300,8 @@ def audit_row(entry: AuditInfo) -> tuple[Text, ...]:
     return (
         Text(entry.time[:19].replace("T", " ")),
         Text("?" if entry.uid is None else str(entry.uid), justify="right"),
-        Text(entry.action),
-        Text(entry.target),
+        Text(fit(entry.action, AUDIT_ACTION_WIDTH)),
+        Text(fit(entry.target, AUDIT_TARGET_WIDTH)),
     )
 
 
@@ -288,16 +328,16 @@ class AuditScreen(ModalScreen[None]):
     def on_mount(self) -> None:
         self.query_one("#audit-box").border_title = "Audit log (newest first)"
         table = self.query_one("#audit", DataTable)
-        table.add_column("Time (UTC)", key="time")
-        table.add_column(Text("UID", justify="right"), key="uid")
-        table.add_column("Action", key="action")
-        table.add_column("Target", key="target")
+        table.add_column("Time (UTC)", key="time", width=19)
+        table.add_column(Text("UID", justify="right"), key="uid", width=5)
+        table.add_column("Action", key="action", width=AUDIT_ACTION_WIDTH)
+        table.add_column("Target", key="target", width=AUDIT_TARGET_WIDTH)
         table.focus()
         self.action_reload()
 
     def action_reload(self) -> None:
         """Fetch the newest entries again."""
-        self.run_worker(self._load(), group="audit", exclusive=True)
+        self.run_worker(until_closed(self._load()), group="audit", exclusive=True)
 
     async def _load(self) -> None:
         note = self.query_one("#audit-note", Static)

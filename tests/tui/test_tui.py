@@ -91,7 +91,7 @@ def test_shows_server_and_users_and_refreshes_on_r(daemon: DaemonProcess) -> Non
                     f"momedod {info['version']}",  # header
                     f"127.0.0.1:{daemon.port}  0 of 10000 connections",  # listener
                     "Online devices: 0",
-                    "r Refresh",  # footer
+                    "l Log",  # footer
                     "q Quit",
                 )
                 table = app.query_one("#users", DataTable)

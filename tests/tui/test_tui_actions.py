@@ -71,14 +71,17 @@ class Phone:
 
 
 def invite_link_on_screen(app: MomedoTui) -> str:
-    """Read the invite link from the screen: it starts at ``momedo://`` and goes on for lines."""
-    lines = [line.strip(" │╭╮╰╯─▁▔▏▕┃") for line in screen_text(app).splitlines()]
+    """Read the invite link from the screen: beside the QR code, it starts at ``momedo://``
+    and goes on for lines in the same column."""
+    lines = screen_text(app).splitlines()
     start = next(i for i, line in enumerate(lines) if "momedo://" in line)
-    link = lines[start][lines[start].index("momedo://") :]
+    column = lines[start].index("momedo://")
+    link = lines[start][column:].rstrip()
     for line in lines[start + 1 :]:
-        if not line or " " in line:
+        part = line[column:].rstrip()
+        if not part or " " in part:
             break
-        link += line
+        link += part
     return link
 
 
