@@ -110,6 +110,9 @@ def _whoami(profile: Profile) -> Out:
         out["manager"] = state.uik_seed is not None
         out["suite"] = f"0x{state.suite:04x}"
         out["suites"] = " ".join(f"0x{x:04x}" for x in sorted(state.device_suites))
+        if state.org_fp is not None:
+            how = "invite link" if state.org_source == "invite" else "first use"
+            out["organisation_key"] = f"{fingerprint_text(state.org_fp)} (pinned from the {how})"
     return out
 
 

@@ -74,6 +74,7 @@ from momedod.e2e.seal import MSG_ID_LEN
 from momedod.e2e.suites import get_suite
 from momedod.protocol import frames as f
 from momedod.protocol.errors import ErrorCode
+from momedod.protocol.invite import fingerprint_text
 from momedod.protocol.records import PREKEY_OTPK
 from momedod.protocol.userid import display
 
@@ -203,8 +204,9 @@ class Groups:
             notices.append(
                 _notice(
                     "info",
-                    f"pinned the organisation key {newest.fp.hex()[:16]}… (first use, with "
-                    f'"{name}"); compare it with your organisation',
+                    f"pinned the organisation key {fingerprint_text(newest.fp)} (first use, "
+                    f'with "{name}"); compare it with the one your organisation gives out '
+                    "(momedoctl org key)",
                 )
             )
         return {rec.version: rec.org_pub for rec in map(parse_org_key_record, records)}
@@ -721,7 +723,12 @@ class Groups:
                 continue
             fetched.append((uid, keys))
         if pinned:
-            notices.append(_notice("info", f"pinned the identity keys of {pinned} members"))
+            notices.append(
+                _notice(
+                    "info",
+                    f"pinned the identity keys of {pinned} member{'' if pinned == 1 else 's'}",
+                )
+            )
         suite, candidates = self._group_suite(fetched, roster, unreachable, name)
         targets: list[tuple[str, DeviceTarget, UserKeys]] = []
         for uid, keys in fetched:

@@ -39,6 +39,7 @@ from momedod.e2e.roster import (
 )
 from momedod.protocol import frames as f
 from momedod.protocol.errors import ErrorCode
+from momedod.protocol.invite import fingerprint_text
 from momedod.protocol.userid import display, normalize
 from momedod.store.sqlite import DB_FILENAME
 
@@ -154,10 +155,13 @@ async def test_channel_klasse_7b_teacher_reaches_30_pupils_online_and_offline(
     server, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(m, "OTPK_COUNT", FEW_OTPKS)
-    await _momedoctl(server, tmp_path, "org", "key")  # created, published: invites carry it
+    # created, published: invites carry it
+    org = json.loads(await _momedoctl(server, tmp_path, "--json", "org", "key"))
     people = await enroll_many(server, tmp_path, ["teacher"] + [f"pupil{i:02d}" for i in range(30)])
     (teacher, t_uid), pupils = people[0], people[1:]
-    assert teacher.load_state().org_source == "invite"  # pinned from the invite link
+    state = teacher.load_state()
+    assert state.org_source == "invite"  # pinned from the invite link: the operator's key
+    assert state.org_fp is not None and fingerprint_text(state.org_fp) == org["fingerprint"]
     await _momedoctl(server, tmp_path, "group", "add", "--channel", "Klasse 7b")
     await _momedoctl(
         server, tmp_path, "group", "members", "Klasse 7b", "add", t_uid, *[u for _p, u in pupils]
