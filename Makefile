@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest clean
+.PHONY: run test lint typecheck pytest clean fuzz test-long
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,8 @@ run: $(STAMP)
 	$(BIN)/momedod run --dev
 
 lint: $(STAMP)
-	$(BIN)/ruff check momedod momedo_tui tests bench
-	$(BIN)/ruff format --check momedod momedo_tui tests bench
+	$(BIN)/ruff check momedod momedo_tui tests bench fuzz
+	$(BIN)/ruff format --check momedod momedo_tui tests bench fuzz
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict momedod/protocol momedod/store momedod/e2e
@@ -27,6 +27,21 @@ pytest: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider
 
 test: lint typecheck pytest
+
+# Long variants of the fault tests, and the fuzz properties with many more examples.
+test-long: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider -m long tests
+	$(BIN)/pytest -q -p no:cacheprovider --hypothesis-profile=long tests/fuzz
+
+# Coverage-guided fuzzing of the frame and envelope parsers, FUZZ_SECONDS per target.
+# atheris is installed on demand; where it does not build, fuzz/ runs a plain-Python loop.
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	@$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/python -m pip install -q -e '.[fuzz]' \
+	  || echo 'make fuzz: atheris did not install (no wheel or compiler for this Python);' \
+	          'falling back to plain-Python fuzzing'
+	$(BIN)/python fuzz/fuzz_parsers.py frames $(FUZZ_SECONDS)
+	$(BIN)/python fuzz/fuzz_parsers.py envelopes $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(VENV) .momedo-dev .mypy_cache .ruff_cache

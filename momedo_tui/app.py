@@ -51,6 +51,7 @@ from momedo_tui.screens import (
     DevicesScreen,
     InviteScreen,
     NameScreen,
+    QuietScreen,
     fit,
     until_closed,
 )
@@ -199,6 +200,7 @@ class MomedoTui(App[int]):
         Binding("v", "show_devices", "Devices"),
         Binding("g", "show_groups", "Groups"),
         Binding("l", "show_audit", "Log"),
+        Binding("h", "show_quiet", "Quiet hours", show=False),  # h: hours (footer is full)
         # refreshing is automatic; r (not in the footer, to leave room) does it at once
         Binding("r", "reload", "Refresh", show=False),
         Binding("q", "quit", "Quit"),
@@ -400,6 +402,10 @@ class MomedoTui(App[int]):
         """Show the newest entries of the audit log."""
         self.push_screen(AuditScreen(self.client))
 
+    def action_show_quiet(self) -> None:
+        """Show the quiet-hours policies and who may send urgent messages."""
+        self.push_screen(QuietScreen(self.client))
+
     def action_reload(self) -> None:
         """Fetch server state and users now."""
         self.request_refresh()
@@ -471,7 +477,8 @@ class MomedoTui(App[int]):
                 Text(user.user_id),
                 Text(fit(user.name, NAME_WIDTH)),
                 Text(str(user.devices), justify="right"),
-                Text("disabled" if user.disabled else "active"),
+                # A bot (integration account, `momedo bridge`) that is enabled shows as "bot".
+                Text("disabled" if user.disabled else "bot" if user.bot else "active"),
                 key=user.user_id,
             )
         if selected is not None and selected in table.rows:

@@ -361,3 +361,73 @@ class AuditScreen(ModalScreen[None]):
 
     def action_close(self) -> None:
         self.dismiss(None)
+
+
+class QuietScreen(ModalScreen[None]):
+    """Quiet-hours policies and who may send urgent messages (edit with momedoctl quiet)."""
+
+    BINDINGS = [
+        Binding("r", "reload", "Refresh"),
+        Binding("escape", "close", "Close"),
+    ]
+
+    def __init__(self, client: AdminClient) -> None:
+        super().__init__()
+        self.client = client
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="quiet-box", classes="listing"):
+            yield DataTable(id="quiet", cursor_type="row", zebra_stripes=True)
+            yield Static(id="quiet-urgent")
+            yield Static(
+                "Change: momedoctl quiet set NAME WINDOW, momedoctl urgent user|group ...",
+                classes="hint",
+            )
+            yield Static("r: refresh   Esc: close", classes="hint")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#quiet-box").border_title = "Quiet hours"
+        table = self.query_one("#quiet", DataTable)
+        table.add_column("Policy", key="name", width=10)
+        table.add_column("Working window", key="window", width=36)
+        table.add_column("Now", key="now", width=5)
+        table.add_column("Applies to", key="whom", width=16)
+        table.focus()
+        self.action_reload()
+
+    def action_reload(self) -> None:
+        """Fetch the policies again."""
+        self.run_worker(until_closed(self._load()), group="quiet", exclusive=True)
+
+    async def _load(self) -> None:
+        note = self.query_one("#quiet-urgent", Static)
+        try:
+            result = await self.client.call("quiet.list")
+            policies = result["policies"]
+            urgent = [*result["urgent"]["users"], *result["urgent"]["groups"]]
+        except (ConnectionProblem, AdminError) as e:
+            note.update(Text(f"quiet.list failed: {e}"))
+            return
+        except (KeyError, TypeError) as e:
+            note.update(Text(f"unexpected reply from momedod ({e!r})"))
+            return
+        table = self.query_one("#quiet", DataTable)
+        table.clear()
+        for p in policies:
+            whom = ", ".join([*p["users"], *p["groups"]]) or "nobody"
+            defer = " (+phones)" if p["defer_delivery"] else ""
+            table.add_row(
+                p["name"],
+                p["window"] + defer,
+                "work" if p["open_now"] else "QUIET",
+                whom,
+                key=p["name"],
+            )
+        if not policies:
+            note.update(Text("No policies: messages wake phones at any time."))
+        else:
+            note.update(Text(f"May send urgent messages: {', '.join(urgent) or 'nobody'}"))
+
+    def action_close(self) -> None:
+        self.dismiss(None)

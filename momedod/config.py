@@ -27,6 +27,10 @@ from typing import Any
 
 import tomli_w
 
+from momedod.protocol import userid
+from momedod.pushurl import origin_of, push_rule
+from momedod.quiet import QuietPolicy, parse_days, parse_time
+
 DEFAULT_CONFIG_PATH = Path("/etc/momedo/momedod.toml")
 DEV_STATE_DIR_NAME = ".momedo-dev"
 ADMIN_SOCKET_NAME = "admin.sock"
@@ -137,6 +141,36 @@ class AttachmentsConfig:
 
 
 @dataclass(frozen=True)
+class PushConfig:
+    """``[push]``: content-free wake-ups for devices that are not connected."""
+
+    enabled: bool = True
+    gateway_url: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    coalesce_seconds: float = 30.0
+    queue_size: int = 10_000
+    senders: int = 4
+    timeout: float = 5.0
+    max_attempts: int = 6
+    retry_seconds: float = 2.0
+    retry_max_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class QuietHoursConfig:
+    """One ``[[quiet_hours]]`` policy: the working window of some users (see momedod.quiet)."""
+
+    name: str = ""
+    days: str = "Mon-Fri"
+    start: str = "07:00"
+    end: str = "18:00"
+    timezone: str = "Europe/Berlin"
+    defer_delivery: bool = False
+    users: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration of one momedod process."""
 
@@ -149,6 +183,8 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     policy: PolicyConfig = PolicyConfig()
     attachments: AttachmentsConfig = AttachmentsConfig()
+    push: PushConfig = PushConfig()
+    quiet_hours: tuple[QuietHoursConfig, ...] = ()
     source: Path | None = None  # the file it was read from; None: built-in defaults
     dev: bool = False
 
@@ -226,6 +262,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: {_syntax_error_text(str(e))}") from None
+    except (ValueError, RecursionError):  # tomllib: an integer of > 4300 digits, deep nesting
+        raise ConfigError(
+            f"{path}: TOML syntax error: a number too long or nesting too deep"
+        ) from None
 
 
 def _syntax_error_text(message: str) -> str:
@@ -362,7 +402,9 @@ def _host_port(value: Any, base: Path) -> str:
             raise _Invalid(expected)
     elif ":" in host:  # an IPv6 address must be bracketed
         raise _Invalid(expected)
-    if not sep or not _is_host(host) or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not sep or not _is_host(host) or not (port.isascii() and port.isdigit()):
+        raise _Invalid(expected)
+    if not 1 <= int(port) <= 65535:
         raise _Invalid(expected)
     return value
 
@@ -503,6 +545,102 @@ _ATTACHMENTS_KEYS = (
     _Key("collect_interval", _seconds, "Seconds between runs of the attachment collector."),
 )
 
+
+def _push_url(value: Any, base: Path) -> str:
+    expected = "an https:// (or http://) URL with a host name"
+    if not isinstance(value, str):
+        raise _Invalid(expected)
+    try:
+        origin_of(value)
+    except ValueError:
+        raise _Invalid(expected) from None
+    return value
+
+
+def _push_hosts(value: Any, base: Path) -> tuple[str, ...]:
+    expected = (
+        "an array of hosts ('ntfy.example.org', 'ntfy.example.org:8443', or"
+        " 'http://host:port' to allow plain HTTP)"
+    )
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Invalid(expected)
+    for v in value:
+        try:
+            push_rule(v)
+        except ValueError:
+            raise _Invalid(expected, repr(v)) from None
+    return tuple(value)
+
+
+_PUSH_KEYS = (
+    _Key("enabled", _boolean, "Send wake-ups to devices that registered a push target."),
+    _Key(
+        "gateway_url",
+        _push_url,
+        "Push gateway of your app vendor (holds the Apple/Google credentials); devices\n"
+        "that register a gateway token are woken through it. Its host is always allowed.",
+        example='"https://push.example.org/_matrix/push/v1/notify"',
+    ),
+    _Key(
+        "allowed_hosts",
+        _push_hosts,
+        "UnifiedPush distributors (e.g. your ntfy server) devices may register endpoints\n"
+        'on: "host" or "host:port" (https only), "http://host:port" to allow plain HTTP\n'
+        "(intranet/tests). Any other endpoint URL is refused: no server-side request forgery.",
+    ),
+    _Key(
+        "coalesce_seconds",
+        _seconds,
+        "At most one wake-up per device within this many seconds.",
+    ),
+    _Key("queue_size", _count, "Wake-ups waiting to be sent at most; more are dropped (counted)."),
+    _Key("senders", _integer(1, 64), "Wake-ups sent at the same time (1 to 64)."),
+    _Key("timeout", _seconds, "Seconds one push request may take."),
+    _Key(
+        "max_attempts",
+        _integer(1, 100),
+        "Attempts per wake-up on 5xx answers, 429 and timeouts. A target answering 404\n"
+        "or 410 is dropped at once (and the device told at its next connection).",
+    ),
+    _Key(
+        "retry_seconds", _seconds, "Wait before the first retry; doubles (with jitter) each time."
+    ),
+    _Key("retry_max_seconds", _seconds, "Longest wait between retries."),
+)
+
+
+def _strings(value: Any, base: Path) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise _Invalid("an array of non-empty strings")
+    return tuple(value)
+
+
+_QUIET_KEYS = (
+    _Key(
+        "name",
+        _server_name,
+        "Name of the policy (shown in momedoctl quiet list).",
+        example='"staff"',
+    ),
+    _Key("days", _string, 'Working days: "Mon-Fri", "Mon,Wed,Fri" or "daily".'),
+    _Key("start", _string, 'The working window opens at this local time ("HH:MM") ...'),
+    _Key("end", _string, "... and closes at this one; outside it the users have quiet hours."),
+    _Key("timezone", _string, 'IANA time zone of the window, e.g. "Europe/Berlin".'),
+    _Key(
+        "defer_delivery",
+        _boolean,
+        "Also hold back non-urgent messages from the users' mobile devices while they are\n"
+        "connected (desktops get everything). Without it only wake-ups are held.",
+    ),
+    _Key("users", _strings, "User IDs the policy applies to.", example='["M8N2-2HTR"]'),
+    _Key(
+        "groups",
+        _strings,
+        "Organisation groups/channels whose members it applies to.",
+        example='["Kollegium"]',
+    ),
+)
+
 # TOML table name -> (Config attribute, dataclass, keys, help, is an array of tables)
 _SECTIONS: dict[str, tuple[str, type, tuple[_Key, ...], str, bool]] = {
     "server": ("server", ServerConfig, _SERVER_KEYS, "", False),
@@ -522,6 +660,16 @@ _SECTIONS: dict[str, tuple[str, type, tuple[_Key, ...], str, bool]] = {
     "metrics": ("metrics", MetricsConfig, _METRICS_KEYS, "", False),
     "policy": ("policy", PolicyConfig, _POLICY_KEYS, "", False),
     "attachments": ("attachments", AttachmentsConfig, _ATTACHMENTS_KEYS, "", False),
+    "push": ("push", PushConfig, _PUSH_KEYS, "", False),
+    "quiet_hours": (
+        "quiet_hours",
+        QuietHoursConfig,
+        _QUIET_KEYS,
+        "Quiet hours (docs/ADMIN.md): one [[quiet_hours]] table per policy. Outside the\n"
+        "working window, wake-ups to the users under it wait until the window opens.\n"
+        "Policies can also be set at run time: momedoctl quiet set ...",
+        True,
+    ),
 }
 
 
@@ -532,7 +680,8 @@ def _fail(where: str, keypath: str, expected: str, got: str) -> ConfigError:
 def _unknown_keys(table: dict[str, Any], known: list[str], prefix: str, where: str) -> None:
     for name in table:
         if name not in known:
-            raise ConfigError(f"{where}: {prefix}{name}: unknown key (known: {', '.join(known)})")
+            shown = name if name.isprintable() else repr(name)  # the message stays one line
+            raise ConfigError(f"{where}: {prefix}{shown}: unknown key (known: {', '.join(known)})")
 
 
 def _parse_table(
@@ -574,8 +723,39 @@ def _parse(data: dict[str, Any], where: str, base: Path) -> tuple[Config, bool]:
     config = Config(**sections)
     _check_listeners(config.listeners, where)
     _check_limits(config.limits, where)
+    _check_quiet_hours(config.quiet_hours, where)
     admin = data.get("admin", {})
     return config, "socket" in admin
+
+
+def _check_quiet_hours(policies: tuple[QuietHoursConfig, ...], where: str) -> None:
+    seen: set[str] = set()
+    for i, qc in enumerate(policies):
+        if not qc.name:
+            raise _fail(where, f"quiet_hours[{i}].name", "a name", "none")
+        if qc.name in seen:
+            raise _fail(where, f"quiet_hours[{i}].name", "a name used once", repr(qc.name))
+        seen.add(qc.name)
+        try:
+            quiet_policy(qc)
+        except ValueError as e:
+            raise ConfigError(f"{where}: quiet_hours[{i}] ({qc.name}): {e}") from None
+
+
+def quiet_policy(qc: QuietHoursConfig) -> QuietPolicy:
+    """The policy a ``[[quiet_hours]]`` table describes; ValueError if it is inconsistent."""
+    users = tuple(userid.normalize(u) for u in qc.users)
+    return QuietPolicy(
+        qc.name,
+        parse_days(qc.days),
+        parse_time(qc.start),
+        parse_time(qc.end),
+        qc.timezone,
+        qc.defer_delivery,
+        users,
+        qc.groups,
+        "config",
+    )
 
 
 def _check_listeners(listeners: tuple[ListenerConfig, ...], where: str) -> None:
@@ -636,11 +816,19 @@ def _comment(text: str) -> list[str]:
 def default_config_text() -> str:
     """The commented default configuration; ``etc/momedod.toml`` is a copy of it."""
     lines = [_HEADER.rstrip("\n")]
-    for name, (_, cls, keys, help_text, is_array) in _SECTIONS.items():
+    for name, (attr, cls, keys, help_text, is_array) in _SECTIONS.items():
         defaults = cls()
         lines.append("")
         lines.extend(_comment(help_text))
-        lines.append(f"[[{name}]]" if is_array else f"[{name}]")
+        optional = is_array and not getattr(Config(), attr)  # none by default: an example
+        lines.append(("#" if optional else "") + (f"[[{name}]]" if is_array else f"[{name}]"))
+        if optional:  # "# key = value": an example to copy, not a default to uncomment
+            for key in keys:
+                lines.extend(_comment(key.help) if key.help else [])
+                lines.append(
+                    f"# {key.name} = {key.example or _toml_value(getattr(defaults, key.name))}"
+                )
+            continue
         for key in keys:
             default = getattr(defaults, key.name)
             if key.help:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import csv
+import io
 import json
 import os
 import pwd
@@ -16,12 +18,16 @@ import secrets
 import socket
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from momedod.admin import orgkey
 from momedod.admin.locate import add_socket_arguments, connect_error, socket_path
 from momedod.admin.protocol import (
+    IMPORT_MAX_ROWS,
+    MAX_EXTERNAL_ID_CHARS,
+    MAX_LINE_BYTES,
     AdminError,
     AdminErrorCode,
     AuditInfo,
@@ -31,6 +37,7 @@ from momedod.admin.protocol import (
     UserInfo,
     decode_response,
     encode_request,
+    name_problem,
     parse_time,
 )
 from momedod.config import ConfigError
@@ -39,6 +46,7 @@ from momedod.e2e.roster import (
     KIND_GROUP,
     MODE_CHAINS,
     MODE_MULTI,
+    ROLE_MEMBER,
     Roster,
     parse_roster_record,
     sign_roster_org,
@@ -48,9 +56,9 @@ from momedod.protocol import userid
 __all__ = ["CtlError", "main", "request"]
 
 REPLY_TIMEOUT_S = 60.0
+IMPORT_TIMEOUT_S = 600.0  # one transaction for thousands of users on an SD card
 BACKUP_TIMEOUT_S = 3600.0  # a backup of a big database on an SD card takes a while
 AUDIT_DEFAULT_LIMIT = 50
-GROUPS_UNAVAILABLE = "groups are not available in this version"
 
 
 class CtlError(Exception):
@@ -163,10 +171,17 @@ def _host_port(address: str, port: Any) -> str:
 
 def _show_user_add(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
     user = UserInfo.from_json(result["user"])
+    kind = ", a bot" if user.bot else ""
     return [
-        f"User {user.user_id} created ({user.name}).",
+        f"User {user.user_id} created ({user.name}{kind}).",
         *_invite_lines(InviteInfo.from_json(result["invite"])),
     ]
+
+
+def _show_user_bot(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    user = UserInfo.from_json(result["user"])
+    what = "is now marked as a bot" if user.bot else "is no longer marked as a bot"
+    return [f"User {user.user_id} ({user.name}) {what}."]
 
 
 def _filtered(args: argparse.Namespace) -> bool:
@@ -185,7 +200,7 @@ def _show_user_list(result: dict[str, Any], args: argparse.Namespace) -> list[st
             u.name,
             str(u.devices),
             _when(u.last_seen),
-            "disabled" if u.disabled else "active",
+            ("disabled" if u.disabled else "active") + (", bot" if u.bot else ""),
         ]
         for u in users
     ]
@@ -207,13 +222,26 @@ def _show_user_show(result: dict[str, Any], args: argparse.Namespace) -> list[st
         f"  last seen  {_when(user.last_seen)}",
         f"  queued     {user.mailbox}",
     ]
+    if user.external_id is not None:
+        lines.append(f"  external   {user.external_id}")
+    if user.bot:
+        lines.append("  kind       bot (an integration account run by momedo bridge)")
     if not devices:
-        return [
-            *lines,
+        lines.append(
             "No devices yet: the invite has not been redeemed "
-            f"(a new one: momedoctl user invite {user.user_id}).",
+            f"(a new one: momedoctl user invite {user.user_id})."
+        )
+    else:
+        lines += ["", *_device_table(devices)]
+    groups = result.get("groups", [])
+    if groups:
+        rows = [
+            [g["name"] or f"(user group {g['conv_id'][:12]})", g["kind"], g["role"]] for g in groups
         ]
-    return [*lines, "", *_device_table(devices)]
+        lines += ["", *_table(["GROUP", "KIND", "ROLE"], rows, right=set())]
+    else:
+        lines += ["", "Not in any group or channel."]
+    return lines
 
 
 def _show_user_state(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
@@ -373,6 +401,9 @@ def _show_invites_export(result: dict[str, Any], args: argparse.Namespace) -> li
         if result.get("scope") == "never_enrolled"
         else "all enabled users"
     )
+    group = result.get("group")
+    if group:
+        who += f" in {_group_title(group)}"
     print(
         f"momedoctl: {_count(len(invites), 'new invite')} for {who}"
         + (f" written to {args.output}" if args.output is not None else "")
@@ -634,6 +665,36 @@ def _show_group_list(result: dict[str, Any], args: argparse.Namespace) -> list[s
     return _table(["ID", "NAME", "KIND", "MEMBERS", "MANAGED BY"], rows, right={3})
 
 
+def _show_quiet_list(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    lines = []
+    if not result["policies"]:
+        lines.append("No quiet-hours policies: messages wake phones at any time.")
+    for p in result["policies"]:
+        state = "working hours now" if p["open_now"] else "QUIET now"
+        source = "config file" if p["source"] == "config" else "momedoctl"
+        lines.append(f"{p['name']}: {p['window']} ({state}; set in the {source})")
+        whom = [*(_shown_user_id(u) for u in p["users"]), *(f"group {g}" for g in p["groups"])]
+        lines.append(f"  applies to: {', '.join(whom) or 'nobody yet'}")
+        if p["defer_delivery"]:
+            lines.append("  outside the window, phones also get non-urgent messages only later")
+    urgent = result["urgent"]
+    allowed = [*urgent["users"], *(f"group {g}" for g in urgent["groups"])]
+    lines.append(f"May send urgent messages: {', '.join(allowed) or 'nobody'}")
+    return lines
+
+
+def _show_quiet_set(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    if args.cmd == "quiet.delete":
+        return [f"Policy {result['deleted']} removed."]
+    p = result["policy"]
+    return [f"Policy {p['name']}: working window {p['window']}."]
+
+
+def _show_urgent(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    verb = "may now" if result["allowed"] else "may no longer"
+    return [f"{result['target']} {verb} send urgent messages."]
+
+
 def _show_group_show(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
     group = result["group"]
     lines = [
@@ -649,6 +710,322 @@ def _show_group_show(result: dict[str, Any], args: argparse.Namespace) -> list[s
         return [*lines, f"No members yet: momedoctl group members {group['conv_id'][:8]} add ID"]
     rows = [[m["user_id"], m["name"] or "(deleted user)", m["role"]] for m in members]
     return [*lines, "", *_table(["USER", "NAME", "ROLE"], rows, right=set())]
+
+
+# --- user import (CSV) -----------------------------------------------------------------------
+
+IMPORT_COLUMNS = ("name", "groups", "external_id")
+IMPORT_REQUIRED = ("name", "groups")
+INVITE_CSV_COLUMNS = ("name", "user_id", "external_id", "groups", "link", "expires")
+
+
+@dataclass(frozen=True)
+class ImportLine:
+    """One person of an import file: its line number, name, external_id and groups."""
+
+    line: int
+    name: str
+    external_id: str | None
+    groups: tuple[str, ...]
+
+
+def _import_error(path: Path, line: int, message: str) -> CtlError:
+    return CtlError(f"{path}: line {line}: {message}; nothing was imported")
+
+
+def read_import(path: Path) -> list[ImportLine]:
+    """Parse and check an import file (see docs/ADMIN.md, "Importing users from a CSV file").
+
+    Raises CtlError naming the line of the first problem; nothing is sent before the whole
+    file is known to be good.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CtlError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise _import_error(
+            path, line, f"not UTF-8 (byte 0x{data[e.start]:02x}); save the file as CSV UTF-8"
+        ) from None
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    lines: list[ImportLine] = []
+    columns: dict[str, int] | None = None
+    header_line = 1
+    seen: dict[str, int] = {}
+    start = 1
+    try:
+        for cells in reader:
+            line, start = start, reader.line_num + 1
+            if not any(c.strip() for c in cells):
+                continue  # blank line
+            if columns is None:
+                header_line = line
+                columns = _import_header(path, line, cells)
+                continue
+            lines.append(_import_row(path, line, cells, columns, seen))
+    except csv.Error as e:
+        raise _import_error(path, start, f"not valid CSV ({e})") from None
+    if columns is None:
+        raise CtlError(f"{path}: empty file: the first line must name the columns name,groups")
+    if not lines:
+        raise _import_error(path, header_line, "only a header row, nobody to import")
+    if len(lines) > IMPORT_MAX_ROWS:
+        raise CtlError(
+            f"{path}: {len(lines)} people; at most {IMPORT_MAX_ROWS} per import: split the file"
+        )
+    return lines
+
+
+def _import_header(path: Path, line: int, cells: list[str]) -> dict[str, int]:
+    names = [c.strip().lower() for c in cells]
+    if len(names) == 1 and ";" in names[0]:
+        raise _import_error(
+            path,
+            line,
+            "the columns seem to be separated by ';'; momedo reads ',' between columns "
+            "(in a spreadsheet: save as 'CSV UTF-8 (comma delimited)')",
+        )
+    columns: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if name not in IMPORT_COLUMNS:
+            raise _import_error(
+                path,
+                line,
+                f"unknown column {cells[index].strip()!r} in the header "
+                f"(known: {', '.join(IMPORT_COLUMNS)})",
+            )
+        if name in columns:
+            raise _import_error(path, line, f"column {name!r} appears twice in the header")
+        columns[name] = index
+    missing = [c for c in IMPORT_REQUIRED if c not in columns]
+    if missing:
+        raise _import_error(
+            path,
+            line,
+            f"the header lacks the column(s) {', '.join(missing)} (it must name name and "
+            "groups, and may name external_id)",
+        )
+    return columns
+
+
+def _import_row(
+    path: Path, line: int, cells: list[str], columns: dict[str, int], seen: dict[str, int]
+) -> ImportLine:
+    if len(cells) > len(columns):
+        raise _import_error(
+            path, line, f"{len(cells)} fields, but the header names {len(columns)} columns"
+        )
+
+    def cell(column: str) -> str:
+        index = columns.get(column)
+        return cells[index].strip() if index is not None and index < len(cells) else ""
+
+    name = cell("name")
+    problem = name_problem(name)
+    if problem is not None:
+        raise _import_error(path, line, problem)
+    external = cell("external_id") or None
+    if external is not None:
+        problem = name_problem(external, "external_id", MAX_EXTERNAL_ID_CHARS)
+        if problem is not None:
+            raise _import_error(path, line, problem)
+        if external in seen:
+            raise _import_error(
+                path, line, f"external_id {external!r} is on line {seen[external]} already"
+            )
+        seen[external] = line
+    groups: list[str] = []
+    for group in cell("groups").split(";"):
+        group = group.strip()
+        if not group:
+            continue
+        problem = name_problem(group, "group name")
+        if problem is not None:
+            raise _import_error(path, line, problem)
+        if group not in groups:
+            groups.append(group)
+    return ImportLine(line, name, external, tuple(groups))
+
+
+def _user_import(ns: argparse.Namespace, sock: Path) -> dict[str, Any]:
+    """user import FILE: users in one request, then at most one new roster per group."""
+    path = Path(ns.file)
+    people = read_import(path)
+    kind = KIND_GROUP if ns.new_groups == "group" else KIND_CHANNEL
+    wanted: dict[str, list[int]] = {}  # group name -> indexes into people
+    for index, person in enumerate(people):
+        for group in person.groups:
+            wanted.setdefault(group, []).append(index)
+    listed = request(sock, "group.list", {})["groups"]
+    existing = {g["name"]: g for g in listed if g["managed"] and g["name"]}
+    key: orgkey.OrgKeyFile | None = None
+    if any(name not in existing for name in wanted) or (wanted and _key_path(ns).exists()):
+        # Before any user is created: a key problem (wrong file, mode) stops the import here.
+        key = _ready_key(ns, sock)[0]
+    rows = [
+        {"name": p.name, **({"external_id": p.external_id} if p.external_id else {})}
+        for p in people
+    ]
+    if len(encode_request(Request("user.import", {"rows": rows}, 1))) > MAX_LINE_BYTES:
+        raise CtlError(f"{path}: too large for one import; split the file; nothing was imported")
+    imported = request(sock, "user.import", {"rows": rows}, timeout=IMPORT_TIMEOUT_S)
+    users = [
+        {**u, "line": p.line, "file_name": p.name, "groups": list(p.groups)}
+        for u, p in zip(imported["users"], people, strict=True)
+    ]
+    result: dict[str, Any] = {
+        "file": str(path),
+        "users": users,
+        "created": imported["created"],
+        "matched": imported["matched"],
+        "linked": imported.get("linked", 0),
+        "new_groups": "group" if kind == KIND_GROUP else "channel",
+        "groups": [],
+        "groups_created": 0,
+        "groups_changed": 0,
+        "output": None,
+        "error": None,
+    }
+    invites = [u for u in users if u["invite"] is not None]
+    if ns.output is not None and invites:
+        _write_private(Path(ns.output), _import_invites_csv(invites))
+        result["output"] = ns.output
+    try:
+        for name, indexes in wanted.items():
+            members = [userid.normalize(users[i]["user_id"]) for i in indexes]
+            if name in existing:
+                outcome = _import_into_group(ns, sock, existing[name], members, key)
+                key = outcome.pop("key")
+            else:
+                if key is None:
+                    key = _ready_key(ns, sock)[0]
+                outcome = _import_new_group(sock, key, name, kind, members)
+            result["groups"].append(outcome)
+    except (CtlError, AdminError) as e:
+        result["error"] = (
+            f"the users were imported, but not all groups: {e}; run the same import again "
+            "to finish (it creates no users twice)"
+        )
+    result["groups_created"] = sum(1 for g in result["groups"] if g["created"])
+    result["groups_changed"] = sum(1 for g in result["groups"] if g["changed"])
+    return result
+
+
+def _import_new_group(
+    sock: Path, key: orgkey.OrgKeyFile, name: str, kind: int, members: list[str]
+) -> dict[str, Any]:
+    roles = dict.fromkeys(members, ROLE_MEMBER)
+    roster = Roster.first(secrets.token_bytes(16), kind, roles, name, mode=MODE_CHAINS)
+    record = sign_roster_org(roster, key.key)
+    args = {"name": name, "roster": _b64(record), "kind": kind, "mode": MODE_CHAINS}
+    group = request(sock, "group.add", args)["group"]
+    return {**group, "created": True, "changed": False, "added": len(roles)}
+
+
+def _import_into_group(
+    ns: argparse.Namespace,
+    sock: Path,
+    group: dict[str, Any],
+    members: list[str],
+    key: orgkey.OrgKeyFile | None,
+) -> dict[str, Any]:
+    """Add ``members`` to an existing organisation group, if any of them is not in it yet."""
+    for attempt in range(UPDATE_ATTEMPTS):
+        shown = request(sock, "group.show", {"group": group["conv_id"]})
+        current = parse_roster_record(base64.b64decode(shown["roster"])).roster
+        roles = dict(current.members)
+        added = [u for u in dict.fromkeys(members) if u not in roles]
+        if not added:
+            return {**shown["group"], "created": False, "changed": False, "added": 0, "key": key}
+        if key is None:
+            key = _ready_key(ns, sock)[0]
+        deleted = {userid.normalize(m["user_id"]) for m in shown["members"] if m["name"] is None}
+        new_roles = orgkey.change_roles(roles, "add", added, deleted)
+        record = sign_roster_org(current.next(members=new_roles), key.key)
+        try:
+            updated = request(
+                sock, "group.update", {"group": group["conv_id"], "roster": _b64(record)}
+            )
+        except AdminError as e:
+            if e.code == AdminErrorCode.CONFLICT and attempt + 1 < UPDATE_ATTEMPTS:
+                continue  # another change came first: rebuild on top of it
+            raise
+        return {
+            **updated["group"],
+            "created": False,
+            "changed": True,
+            "added": len(added),
+            "key": key,
+        }
+    raise AssertionError("unreachable")
+
+
+def _import_invites_csv(users: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(INVITE_CSV_COLUMNS)
+    for u in users:
+        writer.writerow(
+            [
+                u["name"],
+                u["user_id"],
+                u.get("external_id") or "",
+                "; ".join(u["groups"]),
+                u["invite"]["link"],
+                u["invite"]["expires"],
+            ]
+        )
+    return out.getvalue()
+
+
+def _show_user_import(result: dict[str, Any], args: argparse.Namespace) -> list[str] | None:
+    kind = result["new_groups"]
+    lines = [
+        f"{_count(result['created'], 'user')} created, {result['matched']} matched; "
+        f"{_count(result['groups_created'], kind)} created, {result['groups_changed']} changed."
+    ]
+    if result.get("linked"):
+        linked = int(result["linked"])
+        lines.append(
+            f"{_count(linked, 'existing user')} matched by name now "
+            f"{'carries its' if linked == 1 else 'carry their'} external_id from the file."
+        )
+    renamed = [u for u in result["users"] if not u["created"] and u["name"] != u["file_name"]]
+    if renamed:
+        first = renamed[0]
+        lines.append(
+            f"{_count(len(renamed), 'matched user')} "
+            f"{'has' if len(renamed) == 1 else 'have'} another name in the file (e.g. line "
+            f"{first['line']}: {first['file_name']!r}, is {first['name']!r}); an import does "
+            "not rename: momedoctl user rename ID NAME"
+        )
+    invites = [u for u in result["users"] if u["invite"] is not None]
+    to_stdout = False
+    if not invites:
+        lines.append(
+            "No new users, so no new invites"
+            + (f" ({args.output} left unchanged)." if args.output else ".")
+            + " Letters for users without a device: momedoctl invites export --group G"
+        )
+    elif result.get("output"):
+        lines.append(
+            f"{_count(len(invites), 'invite')} of the new users written to {result['output']}."
+        )
+    else:
+        to_stdout = True
+    if to_stdout:
+        sys.stdout.write(_import_invites_csv(invites))
+        sys.stdout.flush()
+        for line in lines:
+            print(f"momedoctl: {line}", file=sys.stderr)
+    if result.get("error"):
+        if not to_stdout:
+            print("\n".join(lines))
+        raise CtlError(result["error"])
+    return None if to_stdout else lines
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -689,6 +1066,14 @@ def _build_parser() -> argparse.ArgumentParser:
         users, "add", "user.add", _show_user_add, "create a user and print its invite link"
     )
     add.add_argument("name", nargs="+", help="the person's name (quotes optional)")
+    add.add_argument(
+        "--bot", action="store_true", help="an integration account run by `momedo bridge`"
+    )
+    bot = command(
+        users, "bot", "user.bot", _show_user_bot, "mark a user as a bot (integration) or not"
+    )
+    bot.add_argument("user_id", metavar="ID", help="user ID, e.g. M8N2-2HTR")
+    bot.add_argument("state", choices=("on", "off"))
     listing = command(
         users, "list", "user.list", _show_user_list, "list users (the first 100 unless --all)"
     )
@@ -706,6 +1091,28 @@ def _build_parser() -> argparse.ArgumentParser:
         help="only users none of whose devices signed in for DAYS days",
     )
     listing.add_argument("--all", action="store_true", help="every matching user, not 100")
+    imports = command(
+        users,
+        "import",
+        "user.import",
+        _show_user_import,
+        "create users and their group/channel memberships from a CSV file (columns name, "
+        "groups, optional external_id); a repeated import changes nothing",
+    )
+    imports.add_argument("file", metavar="FILE.csv", help="UTF-8 CSV with a header row")
+    imports.add_argument(
+        "--new-groups",
+        choices=("channel", "group"),
+        default="channel",
+        help="what a group named in the file that does not exist yet becomes (default: an "
+        "announcement channel)",
+    )
+    imports.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write the invites of the new users to FILE (CSV, mode 0600) instead of stdout",
+    )
     rename = command(users, "rename", "user.rename", _show_user_rename, "give a user a new name")
     rename.add_argument("user_id", metavar="ID", help="user ID, e.g. M8N2-2HTR")
     rename.add_argument("name", nargs="+", help="the new name (quotes optional)")
@@ -823,6 +1230,36 @@ def _build_parser() -> argparse.ArgumentParser:
         change.add_argument("op", choices=("add", "remove"))
         change.add_argument("user_ids", nargs="+", metavar="USER_ID")
 
+    quiet = groups.add_parser("quiet", help="quiet hours: when work messages reach phones")
+    quiet_actions = quiet.add_subparsers(dest="action", required=True, metavar="ACTION")
+    command(quiet_actions, "list", "quiet.list", _show_quiet_list, "policies and urgent senders")
+    qset = command(
+        quiet_actions,
+        "set",
+        "quiet.set",
+        _show_quiet_set,
+        "add or replace a policy: outside its working window wake-ups wait",
+    )
+    qset.add_argument("name", help="name of the policy")
+    qset.add_argument("window", help="working window, e.g. 'Mon-Fri 07:00-18:00 Europe/Berlin'")
+    qset.add_argument(
+        "--defer", action="store_true", help="also hold back live delivery to mobile devices"
+    )
+    qset.add_argument("--user", action="append", default=[], metavar="USER_ID", help="repeatable")
+    qset.add_argument("--group", action="append", default=[], metavar="G", help="repeatable")
+    command(
+        quiet_actions, "delete", "quiet.delete", _show_quiet_set, "remove a policy"
+    ).add_argument("name", help="name of the policy")
+    urgent = groups.add_parser("urgent", help="who may send urgent messages (pass quiet hours)")
+    urgent_actions = urgent.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, metavar, text in [
+        ("user", "USER_ID", "allow a user to send urgent messages anywhere (or stop it)"),
+        ("group", "G", "allow urgent messages in a group or channel (or stop it)"),
+    ]:
+        sub = command(urgent_actions, name, "urgent.set", _show_urgent, text)
+        sub.add_argument("subject", metavar=metavar)
+        sub.add_argument("state", choices=("on", "off"))
+
     invites = groups.add_parser("invites", help="invite letters for many users at once")
     invite_actions = invites.add_subparsers(dest="action", required=True, metavar="ACTION")
     export = command(
@@ -837,7 +1274,11 @@ def _build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--all", action="store_true", help="every enabled user, also those with a device"
     )
-    export.add_argument("--group", metavar="G", help="only the members of group G (not yet)")
+    export.add_argument(
+        "--group",
+        metavar="G",
+        help="only the members of group or channel G (ID, 6+ of its first hex digits, or name)",
+    )
     export.add_argument(
         "-o", "--output", metavar="FILE", help="write to FILE (mode 0600) instead of stdout"
     )
@@ -856,7 +1297,9 @@ def _positive_int(text: str) -> int:
 
 def _request_args(ns: argparse.Namespace) -> dict[str, Any]:
     if ns.cmd == "user.add":
-        return {"name": " ".join(ns.name)}
+        return {"name": " ".join(ns.name), **({"bot": True} if ns.bot else {})}
+    if ns.cmd == "user.bot":
+        return {"user_id": ns.user_id, "bot": ns.state == "on"}
     if ns.cmd == "user.rename":
         return {"user_id": ns.user_id, "name": " ".join(ns.name)}
     if ns.cmd == "server.backup":
@@ -883,7 +1326,18 @@ def _request_args(ns: argparse.Namespace) -> dict[str, Any]:
             audit["action"] = ns.action
         return audit
     if ns.cmd == "invite.bulk":
-        return {"scope": "all" if ns.all else "never_enrolled"}
+        bulk: dict[str, Any] = {"scope": "all" if ns.all else "never_enrolled"}
+        if ns.group is not None:
+            bulk["group"] = ns.group
+        return bulk
+    if ns.cmd == "quiet.set":
+        quiet: dict[str, Any] = {"name": ns.name, "window": ns.window, "defer_delivery": ns.defer}
+        return {**quiet, "users": ns.user, "groups": ns.group}
+    if ns.cmd == "quiet.delete":
+        return {"name": ns.name}
+    if ns.cmd == "urgent.set":
+        key = "user_id" if ns.action == "user" else "group"
+        return {key: ns.subject, "allowed": ns.state == "on"}
     args: dict[str, Any] = {}
     if hasattr(ns, "target"):
         args["group"] = ns.target
@@ -900,13 +1354,12 @@ _FLOWS: dict[str, Callable[[argparse.Namespace, Path], dict[str, Any]]] = {
     "group.add": _group_add,
     "group.members": _group_change,
     "group.admins": _group_change,
+    "user.import": _user_import,
 }
 
 
 def _run(ns: argparse.Namespace) -> dict[str, Any]:
     """Send the command's request(s) and return the (combined) result."""
-    if ns.cmd == "invite.bulk" and ns.group is not None:
-        raise CtlError(GROUPS_UNAVAILABLE)
     path = socket_path(ns)
     flow = _FLOWS.get(ns.cmd)
     if flow is not None:
@@ -941,6 +1394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
         else:
             print(text)
+        if ns.cmd == "user.import" and result.get("error"):
+            print(f"momedoctl: {result['error']}", file=sys.stderr)
+            return 1
     else:
         try:
             lines = ns.show(result, ns)

@@ -21,9 +21,11 @@ Groups and the organisation key: binary records travel as standard base64 string
 never sees the private key). ``group.add {name, roster, kind?, mode?}`` and ``group.update
 {group, roster}`` take a RosterRecord signed with the organisation key (momedoctl signs it);
 ``group`` is a conversation ID (32 hex characters), a unique prefix of at least 6, or a
-unique name. ``group.list`` answers ``{"groups": [G, ...]}``, ``group.show`` ``{"group": G,
-"members": [{"user_id", "name", "role"}], "roster": record}``, where ``G`` = ``{"conv_id",
-"name", "kind": "group"|"channel", "managed", "epoch", "members", "created"}``.
+unique name. ``user.import {rows: [{name, external_id?}, ...]}`` matches or creates a user
+per row in one transaction (see docs/ADMIN.md). ``group.list`` answers ``{"groups": [G,
+...]}``, ``group.show`` ``{"group": G, "members": [{"user_id", "name", "role"}], "roster":
+record}``, where ``G`` = ``{"conv_id", "name", "kind": "group"|"channel", "managed",
+"epoch", "members", "created"}``.
 
 Lists are paged. ``user.list`` takes ``limit`` (1-1000, default 100) and ``cursor`` and
 answers ``{"users": [U, ...], "next": cursor-or-null}``; pass ``next`` back as ``cursor`` to
@@ -55,6 +57,7 @@ closes the connection; log entries it could not send in time may be skipped.
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -64,8 +67,11 @@ __all__ = [
     "AUDIT_LIST_LIMIT",
     "COMMANDS",
     "EVENT_KINDS",
+    "IMPORT_MAX_ROWS",
     "INVITE_SCOPES",
+    "MAX_EXTERNAL_ID_CHARS",
     "MAX_LINE_BYTES",
+    "MAX_NAME_CHARS",
     "OPTIONAL_ARGS",
     "USER_LIST_LIMIT",
     "AdminError",
@@ -85,6 +91,7 @@ __all__ = [
     "encode_request",
     "encode_response",
     "format_time",
+    "name_problem",
     "parse_request",
     "parse_time",
 ]
@@ -105,8 +112,10 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "user.rename": ("user_id", "name"),
     "user.disable": ("user_id",),
     "user.enable": ("user_id",),
+    "user.bot": ("user_id", "bot"),
     "user.delete": ("user_id",),
     "user.invite": ("user_id",),
+    "user.import": ("rows",),
     "invite.bulk": ("scope",),
     "device.list": ("user_id",),
     "device.revoke": ("user_id", "device_id"),
@@ -119,6 +128,10 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "group.show": ("group",),
     "group.update": ("group", "roster"),
     "group.delete": ("group",),
+    "quiet.list": (),
+    "quiet.set": ("name", "window"),
+    "quiet.delete": ("name",),
+    "urgent.set": ("allowed",),
 }
 
 # Command name -> the arguments it accepts besides the required ones.
@@ -126,7 +139,11 @@ OPTIONAL_ARGS: dict[str, tuple[str, ...]] = {
     "user.list": ("limit", "cursor", "search", "filter"),
     "audit.list": ("limit", "before", "user_id", "action"),
     "subscribe": ("interval",),
+    "user.add": ("bot",),
     "group.add": ("kind", "mode"),
+    "invite.bulk": ("group",),
+    "quiet.set": ("defer_delivery", "users", "groups"),
+    "urgent.set": ("user_id", "group"),
 }
 
 USER_LIST_LIMIT = (100, 1000)
@@ -135,6 +152,28 @@ AUDIT_LIST_LIMIT = (100, 1000)
 """``audit.list``: (default, maximum) entries per page."""
 INVITE_SCOPES = ("never_enrolled", "all")
 """``invite.bulk`` scopes: users without an active device, or every enabled user."""
+MAX_NAME_CHARS = 100
+"""Longest user name, in characters."""
+MAX_EXTERNAL_ID_CHARS = 100
+"""Longest external_id (the ID in the organisation's own records), in characters."""
+IMPORT_MAX_ROWS = 20_000
+"""``user.import``: most rows in one request."""
+# Control characters, line/paragraph separators and lone surrogates have no place in a name.
+_BAD_NAME_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+
+
+def name_problem(name: str, what: str = "name", limit: int = MAX_NAME_CHARS) -> str | None:
+    """Why ``name`` (already stripped) cannot be a user name (or, with ``what`` and
+    ``limit``, an external_id); None if it can. The daemon's rule, shared with momedoctl so
+    that a CSV import reports bad lines before it sends anything."""
+    if not name:
+        return f"{what} must not be empty"
+    if len(name) > limit:
+        return f"{what} is {len(name)} characters long; at most {limit} are allowed"
+    for c in name:
+        if unicodedata.category(c) in _BAD_NAME_CATEGORIES:
+            return f"{what} must not contain control characters (found U+{ord(c):04X})"
+    return None
 
 
 class AdminErrorCode(StrEnum):
@@ -247,6 +286,9 @@ def decode_request(line: bytes) -> Request:
     except json.JSONDecodeError as e:
         message = f"request is not valid JSON: {e.msg}"
         raise AdminError(AdminErrorCode.BAD_REQUEST, message) from None
+    except (ValueError, RecursionError):  # an integer of > 4300 digits, or nesting too deep
+        message = "request is not valid JSON: a number is too long or nesting too deep"
+        raise AdminError(AdminErrorCode.BAD_REQUEST, message) from None
     return parse_request(obj)
 
 
@@ -263,7 +305,7 @@ def decode_response(line: bytes) -> Response:
 
     try:
         obj = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or too long/deep a JSON
         raise bad("not JSON") from None
     if not isinstance(obj, dict) or not _valid_id(obj.get("id")):
         raise bad("not a reply object")
@@ -323,6 +365,8 @@ class UserInfo:
     devices: int
     last_seen: str | None = None
     mailbox: int = 0
+    external_id: str | None = None  # the ID in the organisation's records (CSV import)
+    bot: bool = False  # an integration account run by ``momedo bridge``
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object ``U``."""
@@ -334,6 +378,8 @@ class UserInfo:
             "devices": self.devices,
             "last_seen": self.last_seen,
             "mailbox": self.mailbox,
+            "external_id": self.external_id,
+            "bot": self.bot,
         }
 
     @classmethod
@@ -347,6 +393,8 @@ class UserInfo:
             devices=_field(obj, "devices", int),
             last_seen=_optional(obj, "last_seen", (str, type(None)), None),
             mailbox=_optional(obj, "mailbox", int, 0),
+            external_id=_optional(obj, "external_id", (str, type(None)), None),
+            bot=_optional(obj, "bot", bool, False),
         )
 
 
@@ -480,7 +528,7 @@ def decode_line(line: bytes) -> Response | Event:
     """
     try:
         obj = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or too long/deep a JSON
         raise AdminError(AdminErrorCode.INTERNAL, "malformed line from momedod: not JSON") from None
     if isinstance(obj, dict) and "event" in obj and "id" not in obj:
         kind, data = obj.get("event"), obj.get("data")

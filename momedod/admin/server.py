@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import errno
 import functools
 import grp
+import json
 import os
 import socket
 import stat
 import struct
 import time
-import unicodedata
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +39,9 @@ from momedod.admin.events import LOG_RING, install_log_hook
 from momedod.admin.protocol import (
     AUDIT_LIST_LIMIT,
     COMMANDS,
+    IMPORT_MAX_ROWS,
     INVITE_SCOPES,
+    MAX_EXTERNAL_ID_CHARS,
     MAX_LINE_BYTES,
     OPTIONAL_ARGS,
     USER_LIST_LIMIT,
@@ -55,6 +58,7 @@ from momedod.admin.protocol import (
     encode_event,
     encode_response,
     format_time,
+    name_problem,
     parse_request,
 )
 from momedod.config import Config
@@ -75,7 +79,9 @@ from momedod.observability import metrics
 from momedod.protocol import userid
 from momedod.protocol.errors import ErrorCode
 from momedod.protocol.invite import fingerprint_text
+from momedod.quiet import parse_window
 from momedod.server.conversations import event_message, roster_change
+from momedod.server.quiethours import USER_PREFIX, QuietHours, policy_from_spec
 from momedod.store import (
     AuditEntry,
     AuditNote,
@@ -84,6 +90,7 @@ from momedod.store import (
     ConversationSummary,
     Device,
     FanOut,
+    ImportRow,
     InvalidCursor,
     Invite,
     NotFound,
@@ -101,9 +108,6 @@ __all__ = ["ADMIN_GROUP", "AdminHandler", "ServerControl", "serve_admin"]
 log = structlog.get_logger("momedod.admin")
 
 ADMIN_GROUP = "momedo-admin"
-MAX_NAME_CHARS = 100
-# Control characters, line/paragraph separators and lone surrogates have no place in a name.
-_BAD_NAME_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
 _RECEIVE_BYTES = 65536
 MAX_SEARCH_CHARS = 200
 MAX_INACTIVE_DAYS = 36_500
@@ -132,6 +136,10 @@ class ServerControl(Protocol):
     def publish_events(self, events: Sequence[FanOut]) -> None: ...  # offer to online devices
 
     def set_org_fp(self, fp: bytes) -> None: ...  # the newest organisation key, for invites
+
+    quiet: QuietHours  # quiet-hours policies in force
+
+    async def quiet_refresh(self) -> None: ...  # after a policy or allow-list change
 
     def now_ms(self) -> int: ...
 
@@ -173,6 +181,8 @@ def _user_json(user: User, devices: list[Device]) -> dict[str, Any]:
         devices=sum(1 for d in devices if d.active),
         last_seen=format_time(max(seen)) if seen else None,
         mailbox=sum(d.mailbox_count for d in devices),
+        external_id=user.external_id,
+        bot=user.bot,
     ).to_json()
 
 
@@ -186,6 +196,8 @@ def _summary_json(summary: UserSummary) -> dict[str, Any]:
         devices=summary.active_devices,
         last_seen=None if summary.last_seen_ms is None else format_time(summary.last_seen_ms),
         mailbox=summary.mailbox,
+        external_id=user.external_id,
+        bot=user.bot,
     ).to_json()
 
 
@@ -223,8 +235,10 @@ class AdminHandler:
             "user.rename": self._user_rename,
             "user.disable": self._user_disable,
             "user.enable": self._user_enable,
+            "user.bot": self._user_bot,
             "user.delete": self._user_delete,
             "user.invite": self._user_invite,
+            "user.import": self._user_import,
             "invite.bulk": self._invite_bulk,
             "device.list": self._device_list,
             "device.revoke": self._device_revoke,
@@ -237,6 +251,10 @@ class AdminHandler:
             "group.show": self._group_show,
             "group.update": self._group_update,
             "group.delete": self._group_delete,
+            "quiet.list": self._quiet_list,
+            "quiet.set": self._quiet_set,
+            "quiet.delete": self._quiet_delete,
+            "urgent.set": self._urgent_set,
         }
         assert self._commands.keys() == COMMANDS.keys()
         self._backup_running = False
@@ -418,12 +436,17 @@ class AdminHandler:
 
     async def _user_add(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
         name = _name_arg(args)
+        bot = _bool_arg(args, "bot", False)
         user, invite = await self._store.create_user(
             name,
             self.control.now_ms(),
             self._invite_ttl_ms(),
             audit=self._note("user.add", peer, name=name),
         )
+        if bot:
+            user = await self._store.set_user_bot(
+                user.user_id, True, audit=self._note("user.bot", peer, bot=True)
+            )
         self._changed()
         _log_action("user.add", userid.display(user.user_id), peer)
         return {"user": _user_json(user, []), "invite": self._invite_json(invite)}
@@ -447,7 +470,27 @@ class AdminHandler:
         user = await self._get_user(_user_id_arg(args))
         with _user_must_exist(user.user_id):
             devices = await self._store.list_devices(user.user_id)
-        return {"user": _user_json(user, devices), "devices": [_device_json(d) for d in devices]}
+        groups = []
+        for summary in await self._store.list_conversations(user.user_id):
+            conv = await self._store.get_conversation(summary.conv_id)
+            role = None if conv is None else dict(conv.members).get(user.user_id)
+            if role is None:  # left the group meanwhile
+                continue
+            groups.append(
+                {
+                    "conv_id": summary.conv_id.hex(),
+                    "name": summary.name,
+                    "kind": "channel" if summary.kind == KIND_CHANNEL else "group",
+                    "managed": summary.managed,
+                    "role": "admin" if role == ROLE_ADMIN else "member",
+                }
+            )
+        groups.sort(key=lambda g: (g["name"] is None, g["name"] or "", g["conv_id"]))
+        return {
+            "user": _user_json(user, devices),
+            "devices": [_device_json(d) for d in devices],
+            "groups": groups,
+        }
 
     async def _user_rename(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
         uid = _user_id_arg(args)
@@ -482,6 +525,17 @@ class AdminHandler:
 
     async def _user_enable(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
         return await self._set_disabled(args, peer, False)
+
+    async def _user_bot(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
+        uid = _user_id_arg(args)
+        bot = _bool_arg(args, "bot", False)
+        with _user_must_exist(uid):
+            user = await self._store.set_user_bot(
+                uid, bot, audit=self._note("user.bot", peer, bot=bot)
+            )
+        self._changed()
+        _log_action("user.bot", userid.display(uid), peer, bot=bot)
+        return {"user": await self._user_summary(user)}
 
     async def _user_delete(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
         uid = _user_id_arg(args)
@@ -519,22 +573,72 @@ class AdminHandler:
                 AdminErrorCode.INVALID_ARGUMENT,
                 f"scope must be one of {', '.join(INVITE_SCOPES)}, got {scope!r}",
             )
+        group: dict[str, Any] | None = None
+        members: list[str] | None = None
+        if args.get("group") is not None:
+            conv = await self._group(args)
+            group = _group_json(_summary(conv))
+            members = [uid for uid, _role in conv.members]
         now, ttl = self.control.now_ms(), self._invite_ttl_ms()
-        note = self._note("user.invite", peer, bulk=scope, expires=format_time(now + ttl))
-        pairs = await self._store.bulk_invites(scope == "never_enrolled", now, ttl, audit=note)
+        detail: dict[str, Any] = {"bulk": scope, "expires": format_time(now + ttl)}
+        if group is not None:
+            detail["group"] = group["name"] or group["conv_id"]
+        note = self._note("user.invite", peer, **detail)
+        never_enrolled = scope == "never_enrolled"
+        if members is None:
+            pairs = await self._store.bulk_invites(never_enrolled, now, ttl, audit=note)
+        else:
+            pairs = await self._store.bulk_invites(
+                never_enrolled, now, ttl, audit=note, user_ids=members
+            )
         if pairs:
             self._changed()
         _log_action("invite.bulk", scope, peer, invites=len(pairs))
-        return {
+        result: dict[str, Any] = {
             "scope": scope,
             "invites": [
                 {
                     "user_id": userid.display(user.user_id),
                     "name": user.name,
+                    "external_id": user.external_id,
                     "invite": self._invite_json(invite),
                 }
                 for user, invite in pairs
             ],
+        }
+        if group is not None:
+            result["group"] = group
+        return result
+
+    async def _user_import(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
+        rows = _import_rows(args)
+        now, ttl = self.control.now_ms(), self._invite_ttl_ms()
+        note = self._note("user.add", peer, bulk="import")
+        try:
+            imported = await self._store.import_users(rows, now, ttl, audit=note)
+        except ValueError as e:
+            raise AdminError(AdminErrorCode.INVALID_ARGUMENT, str(e)) from None
+        created = sum(1 for r in imported if r.created)
+        linked = sum(1 for r in imported if r.linked)
+        if created or linked:
+            self._changed()
+        _log_action("user.import", f"{len(rows)} rows", peer, created=created, linked=linked)
+        return {
+            "users": [
+                {
+                    "user_id": userid.display(r.user.user_id),
+                    "name": r.user.name,
+                    "external_id": r.user.external_id,
+                    "disabled": r.user.disabled,
+                    "created": r.created,
+                    "linked": r.linked,
+                    "invite": None if r.invite is None else self._invite_json(r.invite),
+                }
+                for r in imported
+            ],
+            "created": created,
+            "matched": len(imported) - created,
+            "linked": linked,
         }
 
     async def _device_list(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
@@ -802,6 +906,118 @@ class AdminHandler:
         _log_action("group.delete", conv.conv_id.hex(), peer, members=len(conv.members))
         return {"group": _group_json(_summary(conv))}
 
+    # --- quiet hours and urgent messages ------------------------------------------------
+
+    async def _quiet_list(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
+        quiet = self.control.quiet
+        now = quiet.clock()
+        users, conv_ids = await self._store.list_urgent()
+        names = {c.conv_id: c.name for c in await self._store.list_conversations()}
+        return {
+            "policies": [
+                {
+                    **p.to_json(),
+                    "users": [userid.display(u) for u in p.users],
+                    "open_now": p.is_open(now),
+                }
+                for p in quiet.policies
+            ],
+            "urgent": {
+                "users": [userid.display(u) for u in users],
+                "groups": [names.get(c) or c.hex() for c in conv_ids if c in names],
+            },
+        }
+
+    async def _quiet_set(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
+        name = _name_arg(args)
+        quiet = self.control.quiet
+        if name.startswith(USER_PREFIX):
+            raise AdminError(
+                AdminErrorCode.INVALID_ARGUMENT,
+                f"names starting with {USER_PREFIX!r} are users' own settings (from their app)",
+            )
+        if any(p.name == name for p in quiet.from_config):
+            raise AdminError(
+                AdminErrorCode.CONFLICT,
+                f"policy {name!r} is set in the configuration file; change it there",
+            )
+        window = args["window"]
+        defer = args.get("defer_delivery", False)
+        users, groups = args.get("users", []), args.get("groups", [])
+        if not isinstance(window, str) or not isinstance(defer, bool):
+            raise AdminError(
+                AdminErrorCode.BAD_REQUEST, "window must be a string, defer_delivery a boolean"
+            )
+        for what, items in (("users", users), ("groups", groups)):
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                raise AdminError(AdminErrorCode.BAD_REQUEST, f"{what} must be a list of strings")
+        try:
+            spec: dict[str, Any] = parse_window(window)
+            spec["users"] = [userid.normalize(u) for u in users]
+        except ValueError as e:
+            raise AdminError(AdminErrorCode.INVALID_ARGUMENT, str(e)) from None
+        for uid in spec["users"]:
+            await self._get_user(uid)
+        convs = await self._store.list_conversations()
+        names = {c.conv_id: c.name for c in convs}
+        spec["groups"] = []
+        for g in groups:
+            group_name = names[_find_group(convs, g)]
+            if not group_name:
+                raise AdminError(
+                    AdminErrorCode.INVALID_ARGUMENT,
+                    f"group {g!r} has no name; quiet-hours policies name organisation groups",
+                )
+            spec["groups"].append(group_name)
+        spec["defer_delivery"] = defer
+        text = json.dumps(spec, sort_keys=True)
+        try:
+            policy = policy_from_spec(name, text)
+        except ValueError as e:
+            raise AdminError(AdminErrorCode.INVALID_ARGUMENT, str(e)) from None
+        await self._store.put_quiet_policy(name, text, self.control.now_ms())
+        await self._audited("quiet.set", name, peer, window=policy.window, defer=defer)
+        await self.control.quiet_refresh()
+        return {"policy": policy.to_json()}
+
+    async def _quiet_delete(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
+        name = _name_arg(args)
+        if not await self._store.delete_quiet_policy(name):
+            configured = any(p.name == name for p in self.control.quiet.from_config)
+            raise AdminError(
+                AdminErrorCode.CONFLICT if configured else AdminErrorCode.NOT_FOUND,
+                f"policy {name!r} is set in the configuration file; remove it there"
+                if configured
+                else f"no policy {name!r} (see momedoctl quiet list)",
+            )
+        await self._audited("quiet.delete", name, peer)
+        await self.control.quiet_refresh()
+        return {"deleted": name}
+
+    async def _urgent_set(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
+        allowed = args["allowed"]
+        if not isinstance(allowed, bool):
+            raise AdminError(AdminErrorCode.BAD_REQUEST, "allowed must be true or false")
+        if ("user_id" in args) == ("group" in args):
+            raise AdminError(AdminErrorCode.BAD_REQUEST, "give exactly one of user_id, group")
+        if "user_id" in args:
+            uid = _user_id_arg(args)
+            await self._get_user(uid)
+            await self._store.set_urgent(user_id=uid, allowed=allowed)
+            target = userid.display(uid)
+        else:
+            conv = await self._group(args)
+            await self._store.set_urgent(conv_id=conv.conv_id, allowed=allowed)
+            target = conv.name or conv.conv_id.hex()
+        await self._audited("urgent.set", target, peer, allowed=allowed)
+        return {"target": target, "allowed": allowed}
+
+    async def _audited(self, action: str, target: str, peer: int | None, **detail: Any) -> None:
+        note = self._note(action, peer, **detail)
+        await self._store.add_audit(dataclasses.replace(note, target=target))
+        self._changed()
+        _log_action(action, target, peer, **detail)
+
     async def stream_events(
         self, send: Callable[[bytes], Awaitable[None]], interval: float
     ) -> None:
@@ -916,6 +1132,13 @@ def _check_arg_names(cmd: str, args: dict[str, Any]) -> None:
         )
 
 
+def _bool_arg(args: dict[str, Any], name: str, default: bool) -> bool:
+    value = args.get(name, default)
+    if not isinstance(value, bool):
+        raise AdminError(AdminErrorCode.BAD_REQUEST, f"{name} must be true or false")
+    return value
+
+
 def _user_id_arg(args: dict[str, Any]) -> str:
     value = args["user_id"]
     if not isinstance(value, str):
@@ -1022,20 +1245,52 @@ def _name_arg(args: dict[str, Any]) -> str:
     if not isinstance(value, str):
         raise AdminError(AdminErrorCode.BAD_REQUEST, "name must be a string")
     name = value.strip()
-    if not name:
-        raise AdminError(AdminErrorCode.INVALID_ARGUMENT, "name must not be empty")
-    if len(name) > MAX_NAME_CHARS:
+    problem = name_problem(name)
+    if problem is not None:
+        raise AdminError(AdminErrorCode.INVALID_ARGUMENT, problem)
+    return name
+
+
+def _import_rows(args: dict[str, Any]) -> list[ImportRow]:
+    """user.import's ``rows``: names and external_ids checked like user.add's name."""
+    raw = args["rows"]
+    if not isinstance(raw, list):
+        raise AdminError(AdminErrorCode.BAD_REQUEST, "rows must be a list")
+    if len(raw) > IMPORT_MAX_ROWS:
         raise AdminError(
             AdminErrorCode.INVALID_ARGUMENT,
-            f"name is {len(name)} characters long; at most {MAX_NAME_CHARS} are allowed",
+            f"{len(raw)} rows; at most {IMPORT_MAX_ROWS} per import (split the file)",
         )
-    for c in name:
-        if unicodedata.category(c) in _BAD_NAME_CATEGORIES:
+    rows: list[ImportRow] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or not set(item) <= {"name", "external_id"}:
             raise AdminError(
-                AdminErrorCode.INVALID_ARGUMENT,
-                f"name must not contain control characters (found U+{ord(c):04X})",
+                AdminErrorCode.BAD_REQUEST,
+                f"rows[{i}] must be an object with name and optional external_id",
             )
-    return name
+        name, external = item.get("name"), item.get("external_id")
+        if not isinstance(name, str) or not isinstance(external, str | None):
+            raise AdminError(
+                AdminErrorCode.BAD_REQUEST, f"rows[{i}]: name and external_id must be strings"
+            )
+        name = name.strip()
+        external = (external or "").strip() or None
+        problem = name_problem(name)
+        if problem is None and external is not None:
+            problem = name_problem(external, "external_id", MAX_EXTERNAL_ID_CHARS)
+        if problem is not None:
+            raise AdminError(AdminErrorCode.INVALID_ARGUMENT, f"rows[{i}]: {problem}")
+        if external is not None:
+            if external in seen:
+                raise AdminError(
+                    AdminErrorCode.INVALID_ARGUMENT,
+                    f"rows[{i}]: external_id {external!r} was given in rows[{seen[external]}] "
+                    "already",
+                )
+            seen[external] = i
+        rows.append(ImportRow(name, external))
+    return rows
 
 
 # --- the socket ----------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from momedod.e2e.attachment import (
 )
 from momedod.e2e.envelope import ContentType
 from momedod.e2e.errors import E2EError
+from momedod.e2e.rich import RichText
 from momedod.protocol.errors import ErrorCode
 from momedod.protocol.userid import display
 
@@ -451,29 +452,38 @@ async def fetch_attachment(msgr: Messenger, ptr: AttachmentPointer) -> bytes:
     return await trio.to_thread.run_sync(decrypt_attachment, data, ptr.key, ptr.sha256, ptr.size)
 
 
+def message_pointers(msg: Message) -> list[AttachmentPointer]:
+    """The attachment pointers of a received message (ATTACHMENT or RICH_TEXT content)."""
+    if not msg.attachments:
+        return []
+    if msg.content_type == ContentType.RICH_TEXT:
+        return RichText.decode(msg.content).pointers()
+    return [AttachmentPointer.decode(msg.content)]
+
+
 def saver(msgr: Messenger, directory: Path) -> Callable[[Message], Awaitable[Message]]:
     """The receive loop's attachment hook: fetch, check, decrypt and save to ``directory``."""
 
     async def save(msg: Message) -> Message:
         assert msg.attachment is not None
-        att = dict(msg.attachment)
-        try:
-            ptr = AttachmentPointer.decode(msg.content)
-            plain = await fetch_attachment(msgr, ptr)
-            name = ptr.name or f"attachment-{ptr.blob_id.hex()[:8]}"
-            path = await trio.to_thread.run_sync(_save, directory, name, plain)
-            att["path"] = str(path)
-            return replace(msg, attachment=att)
-        except E2EError as e:
-            att["error"] = f"cannot decrypt ({e.reason})"
-        except ServerError as e:
-            att["error"] = (
-                "not available on the server" if e.code == ErrorCode.NOT_FOUND else str(e)
-            )
-        except (ClientError, OSError) as e:
-            att["error"] = str(e)
-        return replace(
-            msg, attachment=att, warnings=(*msg.warnings, f"attachment not saved: {att['error']}")
-        )
+        atts = [dict(a) for a in msg.attachments]
+        warnings = list(msg.warnings)
+        for att, ptr in zip(atts, message_pointers(msg), strict=True):
+            try:
+                plain = await fetch_attachment(msgr, ptr)
+                name = ptr.name or f"attachment-{ptr.blob_id.hex()[:8]}"
+                path = await trio.to_thread.run_sync(_save, directory, name, plain)
+                att["path"] = str(path)
+                continue
+            except E2EError as e:
+                att["error"] = f"cannot decrypt ({e.reason})"
+            except ServerError as e:
+                att["error"] = (
+                    "not available on the server" if e.code == ErrorCode.NOT_FOUND else str(e)
+                )
+            except (ClientError, OSError) as e:
+                att["error"] = str(e)
+            warnings.append(f"attachment not saved: {att['error']}")
+        return replace(msg, attachment=atts[0], attachments=tuple(atts), warnings=tuple(warnings))
 
     return save

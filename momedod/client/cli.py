@@ -4,7 +4,8 @@
 
 Commands: enroll, whoami, status, send (``--group G``, ``--file PATH``), recv, listen
 (``--save-dir DIR``), group create|add|remove, groups, contacts, verify, trust, devices
-(``devices remove ID``), link new, link accept.
+(``devices remove ID``), link new, link accept, bridge (a bot's local HTTP API and webhooks:
+:mod:`momedod.client.bridge`).
 ``--profile DIR`` selects the profile (default ``~/.local/share/momedo``); ``--json`` prints
 machine-readable output (``recv``/``listen``: one JSON object per line).
 """
@@ -32,12 +33,29 @@ from momedod.e2e.trust import QrMismatch
 from momedod.protocol.frames import Drained
 from momedod.protocol.invite import InvalidInviteLink, fingerprint_text
 from momedod.protocol.userid import InvalidUserId, display, normalize
+from momedod.quiet import parse_days, parse_time, parse_window
 
 Out = dict[str, Any]
 
 
 def _err(text: str) -> None:
     print(f"momedo: {text}", file=sys.stderr)
+
+
+async def _quiet(creds: Credentials, args: argparse.Namespace) -> Out:
+    if args.quiet_cmd == "clear":
+        days, start, end, tz, window = 0, 0, 0, "", None
+    else:
+        try:
+            spec = parse_window(args.window)
+            days = sum(1 << d for d in parse_days(spec["days"]))
+            start, end = parse_time(spec["start"]), parse_time(spec["end"])
+        except ValueError as e:
+            raise m.MessengerError(str(e)) from None
+        tz, window = spec["timezone"], args.window
+    async with connect(creds) as client:
+        await client.quiet_set(days, start, end, tz, defer=getattr(args, "defer", False))
+    return {"quiet_hours": window or "cleared"}
 
 
 async def _status(creds: Credentials) -> Out:
@@ -301,6 +319,18 @@ def _location(text: str | None) -> tuple[float, float] | None:
     return lat, lon
 
 
+def _reply_to(text: str | None) -> bytes:
+    if text is None:
+        return b""
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raw = b""
+    if len(raw) != 16:
+        raise m.MessengerError(f"--reply-to takes a msg_id (32 hex characters), got {text!r}")
+    return raw
+
+
 def _send_other(profile: Profile, args: argparse.Namespace, as_json: bool) -> int:
     """``send --group G TEXT`` and ``send USER_ID|--group G --file PATH [CAPTION]``."""
     rest: list[str] = list(args.args)
@@ -321,7 +351,12 @@ def _send_other(profile: Profile, args: argparse.Namespace, as_json: bool) -> in
         if args.location is not None:
             _err("--location goes with --file")
             return 2
-        sent, notices = trio.run(groups.send_group_text, profile, args.group, text)
+        reply = _reply_to(args.reply_to)
+        sent, notices = trio.run(
+            lambda: groups.send_group_text(
+                profile, args.group, text, reply_to=reply, urgent=args.urgent
+            )
+        )
         out: Out = {
             "group": sent.conv_id.hex(),
             "group_name": sent.name,
@@ -331,6 +366,9 @@ def _send_other(profile: Profile, args: argparse.Namespace, as_json: bool) -> in
         }
         shown = f'"{sent.name}" ({len(sent.devices)} device(s))'
     else:
+        if args.reply_to is not None or args.urgent:
+            _err("--reply-to and --urgent go with a text message, not --file")
+            return 2
         loc = _location(args.location)
         res = trio.run(
             lambda: attachments.send_file(
@@ -376,6 +414,16 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("whoami", help="this device's user ID, server and identity fingerprint")
     sub.add_parser("status", help="log in and count waiting messages (without taking them)")
     p = sub.add_parser(
+        "quiet", help="your own quiet hours: they can only add quiet time to the operator's"
+    )
+    qsub = p.add_subparsers(dest="quiet_cmd", required=True)
+    qp = qsub.add_parser(
+        "set", help="your working window, e.g. 'Mon-Fri 08:00-16:00 Europe/Berlin'"
+    )
+    qp.add_argument("window")
+    qp.add_argument("--defer", action="store_true", help="phones get work messages only then too")
+    qsub.add_parser("clear", help="remove your own setting (the operator's policies stay)")
+    p = sub.add_parser(
         "send",
         help="send an end-to-end encrypted message",
         usage="momedo send USER_ID TEXT | --group G TEXT | USER_ID|--group G --file PATH "
@@ -385,6 +433,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--group", metavar="G", help="send to a group or channel (ID, prefix, name)")
     p.add_argument("--file", type=Path, metavar="PATH", help="send a file (encrypted)")
     p.add_argument("--location", metavar="LAT,LON", help="attach a location to the file")
+    p.add_argument("--reply-to", metavar="MSG_ID", help="answer this message (its msg_id)")
+    p.add_argument(
+        "--urgent",
+        action="store_true",
+        help="pass the recipients' quiet hours (only if the operator allowed you or the group)",
+    )
     p = sub.add_parser("recv", help="print waiting messages and exit")
     p.add_argument(
         "--wait", type=float, default=0.0, help="keep listening this many seconds after catch-up"
@@ -434,7 +488,52 @@ def _parser() -> argparse.ArgumentParser:
         default=linking.LINK_WAIT_S,
         help="seconds to wait for the existing device (default %(default)s)",
     )
+    p = sub.add_parser(
+        "bridge",
+        help="run this profile as a bot: local HTTP API and webhooks (docs/INTEGRATIONS.md)",
+    )
+    p.add_argument(
+        "--listen", default="127.0.0.1:8480", metavar="HOST:PORT", help="default %(default)s"
+    )
+    p.add_argument("--webhook", metavar="URL", help="POST every inbound message here (signed)")
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="the API token (mode 0600; created if missing; default PROFILE/bridge/token)",
+    )
     return parser
+
+
+def _bridge(profile: Profile, args: argparse.Namespace) -> int:
+    from momedod.client.bridge.run import BridgeOptions, Running, run_bridge
+    from momedod.client.bridge.service import BridgeError
+    from momedod.observability.logging import configure
+
+    configure()
+    options = BridgeOptions(args.listen, args.webhook, args.token_file)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            running: Running = await nursery.start(run_bridge, profile, options)
+            if running.token_created:
+                print(
+                    f"momedo bridge: created the API token in {running.token_file}", file=sys.stderr
+                )
+            print(f"momedo bridge: serving {running.url}", file=sys.stderr, flush=True)
+
+    failure: str | None = None
+    try:
+        trio.run(main)
+    except* BridgeError as group:
+        failure = str(group.exceptions[0])
+    except* OSError as group:
+        failure = f"cannot listen on {args.listen}: {group.exceptions[0]}"
+    if failure is not None:
+        _err(failure)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -501,8 +600,13 @@ def _main(args: argparse.Namespace) -> int:
     if args.cmd == "status":
         _print(trio.run(_status, profile.credentials()), as_json)
         return 0
+    if args.cmd == "quiet":
+        _print(trio.run(_quiet, profile.credentials(), args), as_json)
+        return 0
 
     with profile.locked():
+        if args.cmd == "bridge":
+            return _bridge(profile, args)
         if args.cmd == "send" and (args.group, args.file, args.location) != (None, None, None):
             return _send_other(profile, args, as_json)
         if args.cmd == "group":
@@ -519,7 +623,10 @@ def _main(args: argparse.Namespace) -> int:
                 _err("usage: momedo send USER_ID TEXT (or --group G, --file PATH)")
                 return 2
             uid = _uid(args.args[0])
-            sent, notices = trio.run(m.send_text, profile, uid, args.args[1])
+            reply = _reply_to(args.reply_to)
+            sent, notices = trio.run(
+                lambda: m.send_text(profile, uid, args.args[1], reply_to=reply, urgent=args.urgent)
+            )
             out = {
                 "to": display(uid),
                 "msg_id": sent.message_id.hex(),

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import trio
@@ -38,16 +39,18 @@ from momedod.client.messenger import (
     Notice,
     Outgoing,
     UserKeys,
+    content_fields,
     maintain_prekeys,
     now_ms,
+    text_content,
 )
 from momedod.client.profile import E2EState, GroupState, Profile
 from momedod.client.transport import ClientError, ServerError
 from momedod.client.transport import connect as transport_connect
 from momedod.e2e.chain import ChainDist
-from momedod.e2e.envelope import MAGIC, VERSION, Addr, ContentType, EnvelopeType
+from momedod.e2e.envelope import MAGIC, VERSION, Addr, EnvelopeType
 from momedod.e2e.errors import E2EError
-from momedod.e2e.event import EVENT_DELETED, parse_conv_event
+from momedod.e2e.event import EVENT_DELETED, EVENT_HELD, parse_conv_event
 from momedod.e2e.identity import DeviceKey, HybridPublicKey
 from momedod.e2e.multi import multi_encrypt, multi_open
 from momedod.e2e.records import DeviceEntry, DeviceTarget, select_devices
@@ -522,6 +525,15 @@ class Groups:
         g = self.group(ev.conv_id)
         key = ev.conv_id.hex()
         name = group_name(g, key) if g else key[:12]
+        if ev.what == EVENT_HELD:  # conv_id is the message_id of a message we sent
+            when = datetime.fromtimestamp(ev.epoch / 1000).strftime("%a %H:%M")
+            return [
+                _notice(
+                    "info",
+                    f"message {ev.conv_id.hex()}: a recipient has quiet hours; "
+                    f"delivered to their phone after {when}",
+                )
+            ]
         if ev.what == EVENT_DELETED:
             if g is not None and not g.left:
                 g.left = True
@@ -582,7 +594,6 @@ class Groups:
                 ),
             ]
         key, name, warnings = self.context(conv.conv_id, conv.epoch, conv.sender)
-        text, attachment = self.m.render_content(conv.content_type, conv.content)
         msg = Message(
             conv.sender.user_id,
             conv.sender.device_id,
@@ -590,12 +601,10 @@ class Groups:
             conv.sender.user_id == self.me.user_id,
             conv.ts_ms,
             ev.message_id.hex(),
-            text,
-            tuple(warnings),
-            key,
-            name,
-            attachment,
-            conv.content if attachment is not None else b"",
+            warnings=tuple(warnings),
+            group=key,
+            group_name=name,
+            **content_fields(conv.content_type, conv.content),
         )
         self.m.log_message(msg)
         return [*notices, msg]
@@ -928,9 +937,12 @@ async def send_to_group(
     content: bytes,
     log_text: str,
     blob_ids: Sequence[bytes] = (),
+    *,
+    urgent: bool = False,
 ) -> tuple[GroupSend, list[Notice]]:
-    """Connect, refresh and verify the roster, encrypt and CONV_SEND; on a lost connection
-    retry with the same message_id (the server de-duplicates)."""
+    """Connect, refresh and verify the roster, encrypt and CONV_SEND (CONV_SEND_URGENT if
+    ``urgent``); on a lost connection retry with the same message_id (the server
+    de-duplicates)."""
     creds = profile.credentials()
     state = profile.load_state()
     conv_id = group if isinstance(group, bytes) else None
@@ -955,7 +967,12 @@ async def send_to_group(
                     notices += more
                 try:
                     await client.conv_send(
-                        out.message_id, out.conv_id, out.payload, out.parts, out.blob_ids
+                        out.message_id,
+                        out.conv_id,
+                        out.payload,
+                        out.parts,
+                        out.blob_ids,
+                        urgent=urgent,
                     )
                 except ServerError as e:
                     raise _error(f'the server refused the message to "{out.name}": {e}') from None
@@ -974,6 +991,7 @@ async def send_to_group(
 
 
 async def send_group_text(
-    profile: Profile, group: str | bytes, text: str
+    profile: Profile, group: str | bytes, text: str, *, reply_to: bytes = b"", urgent: bool = False
 ) -> tuple[GroupSend, list[Notice]]:
-    return await send_to_group(profile, group, ContentType.TEXT, text.encode(), text)
+    content_type, content = text_content(text, reply_to)
+    return await send_to_group(profile, group, content_type, content, text, urgent=urgent)

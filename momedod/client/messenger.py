@@ -8,7 +8,9 @@ profile before the server is told (ACK) or before an envelope that depends on it
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -55,6 +57,7 @@ from momedod.e2e.records import (
     verify_identity_record,
     verify_prekey,
 )
+from momedod.e2e.rich import RichText
 from momedod.e2e.safety import dm_conv_id, format_safety_number, kvd, qr_string, safety_number
 from momedod.e2e.seal import MSG_ID_LEN, SealReplayGuard, open_seal, seal
 from momedod.e2e.suites import (
@@ -159,7 +162,13 @@ class Message:
     group: str | None = None  # conv_id hex of a group or channel message
     group_name: str | None = None
     attachment: dict[str, Any] | None = None  # see momedod.client.attachments
-    content: bytes = field(default=b"", repr=False)  # the raw ATTACHMENT pointer (secret)
+    # The raw ATTACHMENT pointer or RICH_TEXT content when it holds pointers (secret: keys).
+    content: bytes = field(default=b"", repr=False)
+    content_type: int = ContentType.TEXT
+    reply_to: str | None = None  # RICH_TEXT: the msg_id (hex) this message answers
+    metadata: dict[str, Any] | None = None  # RICH_TEXT: the sender's metadata object
+    attachments: tuple[dict[str, Any], ...] = ()  # every attachment (``attachment`` = first)
+    urgent: bool = False  # delivered as DELIVER_URGENT (the server checked the sender may)
 
     def json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -178,9 +187,19 @@ class Message:
             out["group_name"] = self.group_name
         if self.attachment is not None:
             out["attachment"] = self.attachment
+        if len(self.attachments) > 1:
+            out["attachments"] = list(self.attachments)
+        if self.reply_to is not None:
+            out["reply_to"] = self.reply_to
+        if self.metadata is not None:
+            out["metadata"] = self.metadata
+        if self.urgent:
+            out["urgent"] = True
         return out
 
     def line(self) -> str:
+        if self.urgent:
+            return "URGENT " + dataclasses.replace(self, urgent=False).line()
         who = "me" if self.outgoing else display(self.sender)
         if self.group is not None:
             return f"[{self.group_name}] {who} (device {self.device_id}): {self.shown_text()}"
@@ -188,11 +207,18 @@ class Message:
         return f"{who} (device {self.device_id}){to}: {self.shown_text()}"
 
     def shown_text(self) -> str:
-        if self.attachment is None:
-            return self.text
-        from momedod.client.attachments import attachment_line
+        shown = self.text
+        if self.attachments:
+            from momedod.client.attachments import attachment_line
 
-        return attachment_line(self.text, self.attachment)
+            shown = attachment_line(self.text, self.attachments[0])
+            for att in self.attachments[1:]:
+                shown += " " + attachment_line("", att)
+        if self.reply_to is not None:
+            shown += f" ↪ reply to {self.reply_to}"
+        if self.metadata:
+            shown += " " + json.dumps(self.metadata, ensure_ascii=False, sort_keys=True)
+        return shown
 
 
 @dataclass(frozen=True)
@@ -210,6 +236,37 @@ class Notice:
 
 
 Event = Message | Notice
+
+
+def content_fields(content_type: int, content: bytes) -> dict[str, Any]:
+    """The :class:`Message` fields for a conversation payload's content: ``text``,
+    ``attachment``/``attachments`` (metadata, never keys), ``content`` (kept only when it
+    holds attachment pointers), ``content_type``, ``reply_to`` and ``metadata``."""
+    from momedod.client.attachments import describe, pointer_json
+
+    out: dict[str, Any] = {"content_type": content_type, "attachment": None}
+    atts: tuple[dict[str, Any], ...] = ()
+    if content_type == ContentType.TEXT:
+        out["text"] = content.decode("utf-8", errors="replace")
+    elif content_type == ContentType.ATTACHMENT:
+        out["text"], out["attachment"] = describe(content)
+    elif content_type == ContentType.RICH_TEXT:
+        try:
+            rich = RichText.decode(content)
+        except E2EError:
+            out["text"] = "(a message this client cannot read: invalid rich text)"
+            return out
+        out["text"] = rich.text
+        out["reply_to"] = rich.reply_to.hex() if rich.reply_to else None
+        out["metadata"] = rich.metadata
+        atts = tuple(pointer_json(p) for p in rich.pointers())
+    else:
+        out["text"] = f"(content type {content_type}, not shown by this client)"
+    if out["attachment"] is not None:
+        atts = (out["attachment"],)
+    if atts:
+        out["content"], out["attachment"], out["attachments"] = content, atts[0], atts
+    return out
 
 
 @dataclass
@@ -924,13 +981,8 @@ class Messenger:
         self, content_type: int, content: bytes
     ) -> tuple[str, dict[str, Any] | None]:
         """The text to show for a conversation payload, and attachment metadata if any."""
-        if content_type == ContentType.TEXT:
-            return content.decode("utf-8", errors="replace"), None
-        if content_type == ContentType.ATTACHMENT:
-            from momedod.client.attachments import describe
-
-            return describe(content)
-        return f"(content type {content_type}, not shown by this client)", None
+        fields = content_fields(content_type, content)
+        return fields["text"], fields["attachment"]
 
     # receiving ----------------------------------------------------------------------------
 
@@ -968,6 +1020,14 @@ class Messenger:
     async def handle(self, ev: f.Deliver) -> list[Event]:
         """Process one DELIVER (not yet acked). Changes ``self.state``; the caller saves it
         and then acks. An envelope that cannot be opened gives one ``undecryptable`` notice."""
+        events = await self._handle(ev)
+        if isinstance(ev, f.DeliverUrgent):
+            events = [
+                dataclasses.replace(e, urgent=True) if isinstance(e, Message) else e for e in events
+            ]
+        return events
+
+    async def _handle(self, ev: f.Deliver) -> list[Event]:
         mid = ev.message_id.hex()
         if mid in self.state.seen:
             return []  # a redelivery of something already processed
@@ -1039,7 +1099,6 @@ class Messenger:
             except (ServerError, MessengerError) as e:
                 notices.append(Notice("warning", f"could not check the group's roster: {e}"))
             key, name, gw = self.groups.context(conv.conv_id, conv.epoch, sender)
-            text, attachment = self.render_content(conv.content_type, conv.content)
             gmsg = Message(
                 sender.user_id,
                 sender.device_id,
@@ -1047,12 +1106,10 @@ class Messenger:
                 sender.user_id == self.me.user_id,
                 conv.ts_ms,
                 mid,
-                text,
-                tuple(gw),
-                key,
-                name,
-                attachment,
-                conv.content if attachment is not None else b"",
+                warnings=tuple(gw),
+                group=key,
+                group_name=name,
+                **content_fields(conv.content_type, conv.content),
             )
             self.log_message(gmsg)
             return await self._saved([*notices, gmsg])
@@ -1065,7 +1122,6 @@ class Messenger:
                     warnings.append(f"identity key of {display(peer)} changed: not accepted yet")
                 elif conv.kvd != self.kvd_for(peer, c.fp):
                     warnings.append("the sender sees other identity keys than you (KVD differs)")
-        text, attachment = self.render_content(conv.content_type, conv.content)
         msg = Message(
             sender.user_id,
             sender.device_id,
@@ -1073,10 +1129,8 @@ class Messenger:
             sender.user_id == self.me.user_id,
             conv.ts_ms,
             mid,
-            text,
-            tuple(warnings),
-            attachment=attachment,
-            content=conv.content if attachment is not None else b"",
+            warnings=tuple(warnings),
+            **content_fields(conv.content_type, conv.content),
         )
         self.log_message(msg)
         return await self._saved([*notices, msg])
@@ -1169,9 +1223,24 @@ def _rogue_text(alarm: RogueDevice) -> str:
 # -- whole operations with a connection (used by the CLI) ------------------------------------
 
 
-async def send_text(profile: Profile, user_id: str, text: str) -> tuple[SendBatch, list[Notice]]:
+def text_content(text: str, reply_to: bytes = b"") -> tuple[int, bytes]:
+    """(content type, content) of a text: TEXT, or RICH_TEXT when it answers ``reply_to``."""
+    if not reply_to:
+        return ContentType.TEXT, text.encode()
+    try:
+        return ContentType.RICH_TEXT, RichText(text, reply_to).encode()
+    except ValueError as e:
+        raise MessengerError(str(e)) from None
+
+
+async def send_text(
+    profile: Profile, user_id: str, text: str, *, reply_to: bytes = b"", urgent: bool = False
+) -> tuple[SendBatch, list[Notice]]:
     """Connect, prepare and SEND (one SEND per suite); on a lost connection retry each with
-    the same message_id (the server de-duplicates an already accepted one)."""
+    the same message_id (the server de-duplicates an already accepted one). ``reply_to``
+    (a message ID) makes it a RICH_TEXT reply; ``urgent`` sends SEND_URGENT (the server
+    refuses it unless the operator allowed this user)."""
+    content_type, content = text_content(text, reply_to)
     creds = profile.credentials()
     state = profile.load_state()
     out: SendBatch | None = None
@@ -1183,10 +1252,12 @@ async def send_text(profile: Profile, user_id: str, text: str) -> tuple[SendBatc
                 m = Messenger(profile, client, state)
                 if out is None:
                     notices = await maintain_prekeys(profile, client, state)
-                    out, more = await m.prepare_text(user_id, text)
+                    out, more = await m.prepare_text(
+                        user_id, text, content_type=content_type, content=content
+                    )
                     notices += more
                 for one in out.sends:
-                    await client.send(one.message_id, one.payload, one.recipients)
+                    await client.send(one.message_id, one.payload, one.recipients, urgent=urgent)
                 m.sent(out, text, user_id)
                 return out, notices
         except ServerError:

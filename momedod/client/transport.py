@@ -104,6 +104,7 @@ class Client:
         self.timeout = timeout
         self.conn = Connection(Role.CLIENT, 64 * 1024 * 1024)
         self.welcome: f.Welcome | None = None
+        self.push_dropped: f.PushDropped | None = None  # the server gave up on our push target
         self.user_id = ""
         self.device_id = 0
         self._ids = count(1)
@@ -154,6 +155,9 @@ class Client:
             return
         if isinstance(frame, f.Deliver | f.Drained):
             await self._inbox_send.send(frame)
+            return
+        if isinstance(frame, f.PushDropped):
+            self.push_dropped = frame
             return
         chan = self._pending.pop(frame.request_id, None)
         if chan is not None:
@@ -235,10 +239,17 @@ class Client:
         return reply
 
     async def send(
-        self, message_id: bytes, payload: bytes, recipients: Sequence[f.Recipient]
+        self,
+        message_id: bytes,
+        payload: bytes,
+        recipients: Sequence[f.Recipient],
+        *,
+        urgent: bool = False,
     ) -> f.Accepted:
-        """Store-and-forward one envelope; returns once the server has committed it."""
-        reply = await self.request(f.Send(self.next_id(), message_id, payload, tuple(recipients)))
+        """Store-and-forward one envelope; returns once the server has committed it.
+        ``urgent`` (SEND_URGENT) passes quiet hours if the operator allows this sender."""
+        kind = f.SendUrgent if urgent else f.Send
+        reply = await self.request(kind(self.next_id(), message_id, payload, tuple(recipients)))
         assert isinstance(reply, f.Accepted)
         return reply
 
@@ -254,6 +265,20 @@ class Client:
 
     async def ack(self, seqs: Sequence[int]) -> None:
         await self.request(f.Ack(self.next_id(), tuple(seqs)))
+
+    async def push_set(self, kind: int, target: str, device_kind: int = f.DEVICE_DESKTOP) -> None:
+        """Register this device's push target (replacing an earlier one)."""
+        await self.request(f.PushSet(self.next_id(), kind, device_kind, target))
+
+    async def push_clear(self) -> None:
+        """Remove this device's push target."""
+        await self.request(f.PushClear(self.next_id()))
+
+    async def quiet_set(
+        self, days: int, start: int, end: int, timezone: str, *, defer: bool = False
+    ) -> None:
+        """Set this user's own working window (``days`` a Mon=bit 0 mask; 0 removes it)."""
+        await self.request(f.QuietSet(self.next_id(), days, defer, start, end, timezone))
 
     async def ping(self) -> None:
         await self.request(f.Ping(self.next_id(), 0x6D6F6D65646F))
@@ -286,11 +311,14 @@ class Client:
         payload: bytes,
         parts: Sequence[f.Recipient],
         blob_ids: Sequence[bytes] = (),
+        *,
+        urgent: bool = False,
     ) -> f.Accepted:
         """Post one envelope to a conversation (fanned out by the server to every member
-        device); ``parts`` name only devices with a non-empty part."""
+        device); ``parts`` name only devices with a non-empty part. ``urgent``: as for send."""
+        kind = f.ConvSendUrgent if urgent else f.ConvSend
         reply = await self.request(
-            f.ConvSend(self.next_id(), message_id, conv_id, payload, tuple(parts), tuple(blob_ids))
+            kind(self.next_id(), message_id, conv_id, payload, tuple(parts), tuple(blob_ids))
         )
         assert isinstance(reply, f.Accepted)
         return reply

@@ -73,6 +73,7 @@ class ContentType(IntEnum):
     SYNC = 8
     LINK_PROVISION = 9
     REKEY_REQUEST = 10
+    RICH_TEXT = 11
 
 
 SEAL_ONLY_CONTENT = frozenset(
@@ -84,7 +85,7 @@ _KNOWN_CONTENT = frozenset(int(c) for c in ContentType)
 
 
 def is_known_content_type(value: int) -> bool:
-    """True if ``value`` is one of the ten defined content types."""
+    """True if ``value`` is one of the eleven defined content types."""
     return value in _KNOWN_CONTENT
 
 

@@ -3,7 +3,9 @@
 Layout (docs/E2E.md; delivered as an ordinary DELIVER payload with a random message_id)::
 
     ConvEvent = Header(type 0x20 EVENT, suite 0) | u8 what | u8[16] conv_id | u64 epoch
-    what: 1 ROSTER_CHANGED, 2 REMOVED, 3 DELETED
+    what: 1 ROSTER_CHANGED, 2 REMOVED, 3 DELETED,
+          4 HELD (conv_id is then the message_id of a message you sent, epoch the time in
+          ms when its recipients' quiet hours end and their phones get it)
 
 It is not authenticated: the server makes it, and a client treats it only as a reason to
 fetch the conversation (CONV_GET) and verify the signed rosters it gets.
@@ -23,6 +25,7 @@ from .errors import E2EError
 __all__ = [
     "CONV_EVENT_LEN",
     "EVENT_DELETED",
+    "EVENT_HELD",
     "EVENT_REMOVED",
     "EVENT_ROSTER_CHANGED",
     "ConvEvent",
@@ -36,10 +39,12 @@ EVENT_REMOVED: Final = 2
 """You are no longer a member."""
 EVENT_DELETED: Final = 3
 """The operator deleted the conversation."""
+EVENT_HELD: Final = 4
+"""Your message reached recipients in quiet hours: their phones get it when those end."""
 CONV_EVENT_LEN: Final = HEADER_LEN + 1 + 16 + 8
 """Length of an encoded ConvEvent."""
 
-_WHATS = frozenset({EVENT_ROSTER_CHANGED, EVENT_REMOVED, EVENT_DELETED})
+_WHATS = frozenset({EVENT_ROSTER_CHANGED, EVENT_REMOVED, EVENT_DELETED, EVENT_HELD})
 _PREFIX = header(EnvelopeType.EVENT, 0)
 
 

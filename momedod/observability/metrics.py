@@ -203,6 +203,40 @@ BLOB_COLLECTED = Counter(
     registry=REGISTRY,
 )
 
+PUSH_SENT = Counter(
+    "momedod_push_wakeups_sent_total",
+    "Content-free wake-ups a push distributor or gateway accepted (2xx).",
+    registry=REGISTRY,
+)
+PUSH_FAILED = Counter(
+    "momedod_push_wakeups_failed_total",
+    "Wake-ups given up, by reason: gone (404/410, target dropped), rejected (other 4xx),"
+    " redirect (3xx, never followed), exhausted (5xx/429/timeouts on every attempt),"
+    " not_allowed (host no longer in allowed_hosts), queue_full (dropped before sending).",
+    ["reason"],
+    registry=REGISTRY,
+)
+PUSH_RETRIES = Counter(
+    "momedod_push_retries_total",
+    "Push requests repeated after a 5xx, 429, timeout or connection failure.",
+    registry=REGISTRY,
+)
+PUSH_COALESCED = Counter(
+    "momedod_push_wakeups_coalesced_total",
+    "Wake-ups not sent because the device got one within [push] coalesce_seconds.",
+    registry=REGISTRY,
+)
+PUSH_HELD = Gauge(
+    "momedod_push_held",
+    "Wake-ups held because their device's user is in quiet hours (one per device at most).",
+    registry=REGISTRY,
+)
+PUSH_QUEUE = Gauge(
+    "momedod_push_queue_depth",
+    "Wake-ups waiting for a sender task.",
+    registry=REGISTRY,
+)
+
 
 class StoreSnapshot:
     """Gauges read from the store by the housekeeping task (not on every scrape)."""

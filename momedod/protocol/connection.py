@@ -24,8 +24,9 @@ rule set is the tables below, read top to bottom:
 * A fatal ERROR (code < 32), which only the server sends, is allowed in every state and
   moves to CLOSED. A non-fatal ERROR answers a request, so only in READY.
 * ``request_id`` rules: client requests carry a non-zero id and the server's replies echo it
-  (so they are non-zero too); frames the server sends on its own (DELIVER, DRAINED, its PING)
-  carry 0. A PONG copies whatever its PING carried, and a fatal ERROR may carry either.
+  (so they are non-zero too); frames the server sends on its own (DELIVER, DELIVER_URGENT,
+  DRAINED, PUSH_DROPPED, its PING) carry 0. A PONG copies whatever its PING carried, and a
+  fatal ERROR may carry either.
 
 A received frame that breaks a rule raises :class:`ProtocolError` from ``next_event`` and
 closes the connection (state CLOSED). The server then still owes the client an explanation,
@@ -56,7 +57,9 @@ from .frames import (
     ConvPut,
     Convs,
     ConvSend,
+    ConvSendUrgent,
     Deliver,
+    DeliverUrgent,
     Drained,
     Enroll,
     Error,
@@ -74,8 +77,13 @@ from .frames import (
     Ping,
     Pong,
     Prekey,
+    PushClear,
+    PushDropped,
+    PushSet,
+    QuietSet,
     Send,
     SendBlobs,
+    SendUrgent,
     Welcome,
     encode_frame,
 )
@@ -126,6 +134,11 @@ _CLIENT_REQUESTS: frozenset[type[Frame]] = frozenset(
         BlobChunk,
         BlobFinish,
         BlobGet,
+        PushSet,
+        PushClear,
+        SendUrgent,
+        ConvSendUrgent,
+        QuietSet,
     }
 )
 _SERVER_REPLIES: frozenset[type[Frame]] = frozenset(
@@ -135,7 +148,8 @@ _SERVER_REPLIES: frozenset[type[Frame]] = frozenset(
 _SENDERS: dict[Role, frozenset[type[Frame]]] = {
     Role.CLIENT: frozenset({Hello, Enroll, Auth, Ping, Pong} | _CLIENT_REQUESTS),
     Role.SERVER: frozenset(
-        {Welcome, AuthOk, Error, Ok, Deliver, Drained, Ping, Pong} | _SERVER_REPLIES
+        {Welcome, AuthOk, Error, Ok, Deliver, DeliverUrgent, Drained, PushDropped, Ping, Pong}
+        | _SERVER_REPLIES
     ),
 }
 
@@ -149,12 +163,19 @@ _HANDSHAKE: dict[tuple[Role, State, type[Frame]], State] = {
 
 _READY: dict[Role, frozenset[type[Frame]]] = {
     Role.CLIENT: _CLIENT_REQUESTS | {Ping, Pong},
-    Role.SERVER: _SERVER_REPLIES | {Deliver, Drained, Ok, Error, Ping, Pong},
+    Role.SERVER: _SERVER_REPLIES
+    | {Deliver, DeliverUrgent, Drained, PushDropped, Ok, Error, Ping, Pong},
 }
 
 # request_id must be 0 for these (frames the server sends unasked) ...
 _ZERO_ID: frozenset[tuple[Role, type[Frame]]] = frozenset(
-    {(Role.SERVER, Deliver), (Role.SERVER, Drained), (Role.SERVER, Ping)}
+    {
+        (Role.SERVER, Deliver),
+        (Role.SERVER, DeliverUrgent),
+        (Role.SERVER, Drained),
+        (Role.SERVER, PushDropped),
+        (Role.SERVER, Ping),
+    }
 )
 # ... and non-zero for requests and their replies (a non-fatal ERROR is a reply, too).
 _NONZERO_ID: frozenset[tuple[Role, type[Frame]]] = frozenset(

@@ -28,6 +28,8 @@ __all__ = [
     "BLOB_ID_LEN",
     "CONV_ID_LEN",
     "DEFAULT_MAX_FRAME_BYTES",
+    "DEVICE_DESKTOP",
+    "DEVICE_MOBILE",
     "MAX_ACK_SEQS",
     "MAX_BLOB_CHUNK",
     "MAX_BLOB_REFS",
@@ -36,6 +38,7 @@ __all__ = [
     "MAX_INVITE_CODE",
     "MAX_MEMBERS_WIRE",
     "MAX_PART",
+    "MAX_PUSH_TARGET",
     "MAX_RECIPIENTS_WIRE",
     "MAX_SERVER_NAME",
     "MAX_SOFTWARE",
@@ -43,6 +46,8 @@ __all__ = [
     "MIN_FRAME_LENGTH",
     "NONCE_LEN",
     "PROTOCOL_VERSION",
+    "PUSH_GATEWAY",
+    "PUSH_UNIFIEDPUSH",
     "SIGNATURE_LEN",
     "TRANSPORT_PUB_LEN",
     "USER_ID_LEN",
@@ -62,9 +67,11 @@ __all__ = [
     "ConvMember",
     "ConvPut",
     "ConvSend",
+    "ConvSendUrgent",
     "ConvSummary",
     "Convs",
     "Deliver",
+    "DeliverUrgent",
     "Drained",
     "Enroll",
     "Error",
@@ -82,9 +89,14 @@ __all__ = [
     "Ping",
     "Pong",
     "Prekey",
+    "PushClear",
+    "PushDropped",
+    "PushSet",
+    "QuietSet",
     "Recipient",
     "Send",
     "SendBlobs",
+    "SendUrgent",
     "Welcome",
     "decode_frame",
     "encode_frame",
@@ -133,6 +145,18 @@ MAX_BLOB_CHUNK = 262_144
 """Largest BLOB_CHUNK data and BLOB_GET length (256 KiB)."""
 MAX_MEMBERS_WIRE = 65535
 """Most members a CONV_INFO may list."""
+PUSH_UNIFIEDPUSH = 1
+"""PUSH_SET ``kind``: ``target`` is a UnifiedPush endpoint URL."""
+PUSH_GATEWAY = 2
+"""PUSH_SET ``kind``: ``target`` is a token for the server's configured push gateway."""
+DEVICE_DESKTOP = 0
+"""PUSH_SET ``device_kind``: a desktop or other work device (the default of every device)."""
+DEVICE_MOBILE = 1
+"""PUSH_SET ``device_kind``: a personal/mobile device (quiet hours may defer its delivery)."""
+MAX_PUSH_TARGET = 2048
+"""Longest PUSH_SET ``target``, in UTF-8 bytes."""
+MAX_TIMEZONE = 64
+"""Longest QUIET_SET ``timezone``, in UTF-8 bytes."""
 
 _HEADER = struct.Struct(">IBI")  # length, type, request_id
 _LENGTH = struct.Struct(">I")
@@ -178,6 +202,13 @@ class FrameType(IntEnum):
     BLOB_FINISH = 0x43
     BLOB_GET = 0x44
     BLOB_DATA = 0x45
+    PUSH_SET = 0x50
+    PUSH_CLEAR = 0x51
+    PUSH_DROPPED = 0x52
+    SEND_URGENT = 0x53
+    CONV_SEND_URGENT = 0x54
+    DELIVER_URGENT = 0x55
+    QUIET_SET = 0x56
 
 
 # -- field helpers -----------------------------------------------------------------------
@@ -1101,6 +1132,160 @@ class BlobData:
         return cls(request_id, blob_id, size, offset, data)
 
 
+# -- push wake-ups -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PushSet:
+    """PUSH_SET (client to server): this device's push target, replacing any earlier one.
+
+    ``kind`` is :data:`PUSH_UNIFIEDPUSH` (``target`` is an endpoint URL) or
+    :data:`PUSH_GATEWAY` (``target`` is a token for the server's push gateway);
+    ``device_kind`` is :data:`DEVICE_DESKTOP` or :data:`DEVICE_MOBILE`. Answered with OK.
+    """
+
+    request_id: int
+    kind: int
+    device_kind: int
+    target: str
+    TYPE: ClassVar[int] = FrameType.PUSH_SET
+
+    def _write(self, w: Writer) -> None:
+        if self.kind not in (PUSH_UNIFIEDPUSH, PUSH_GATEWAY):
+            raise ValueError(f"unknown push kind {self.kind}")
+        if self.device_kind not in (DEVICE_DESKTOP, DEVICE_MOBILE):
+            raise ValueError(f"unknown device kind {self.device_kind}")
+        if not self.target:
+            raise ValueError("a push target must not be empty")
+        w.u8(self.kind).u8(self.device_kind).string(self.target, MAX_PUSH_TARGET)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> PushSet:
+        kind = r.u8("kind")
+        if kind not in (PUSH_UNIFIEDPUSH, PUSH_GATEWAY):
+            raise ProtocolError(ErrorCode.MALFORMED, f"kind: must be 1 or 2, got {kind}")
+        device_kind = r.u8("device_kind")
+        if device_kind not in (DEVICE_DESKTOP, DEVICE_MOBILE):
+            raise ProtocolError(
+                ErrorCode.MALFORMED, f"device_kind: must be 0 or 1, got {device_kind}"
+            )
+        target = r.string(MAX_PUSH_TARGET, "target")
+        if not target:
+            raise ProtocolError(ErrorCode.MALFORMED, "target: must not be empty")
+        return cls(request_id, kind, device_kind, target)
+
+
+@dataclass(frozen=True, slots=True)
+class PushClear:
+    """PUSH_CLEAR (client to server): remove this device's push target (empty body; OK)."""
+
+    request_id: int
+    TYPE: ClassVar[int] = FrameType.PUSH_CLEAR
+
+    def _write(self, w: Writer) -> None:
+        pass
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> PushClear:
+        return cls(request_id)
+
+
+@dataclass(frozen=True, slots=True)
+class PushDropped:
+    """PUSH_DROPPED (server to client, request_id 0): the server dropped this device's target.
+
+    Sent once, right after AUTH_OK, to the first connection after the drop. ``status`` is
+    the HTTP status that made the server give up (404, 410, ...), 0 if the target kept
+    failing without one (timeouts, refused connections); ``dropped_ms`` is when.
+    """
+
+    request_id: int
+    kind: int
+    status: int
+    dropped_ms: int
+    TYPE: ClassVar[int] = FrameType.PUSH_DROPPED
+
+    def _write(self, w: Writer) -> None:
+        w.u8(self.kind).u16(self.status).u64(self.dropped_ms)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> PushDropped:
+        return cls(request_id, r.u8("kind"), r.u16("status"), r.u64("dropped_ms"))
+
+
+# -- urgent messages: the same layouts under their own type bytes ---------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendUrgent(Send):
+    """SEND_URGENT (client to server): a SEND marked urgent (passes quiet hours).
+
+    Body exactly as SEND. The server refuses it with FORBIDDEN unless the operator allowed
+    the sender to send urgent messages.
+    """
+
+    TYPE: ClassVar[int] = FrameType.SEND_URGENT
+
+
+@dataclass(frozen=True, slots=True)
+class ConvSendUrgent(ConvSend):
+    """CONV_SEND_URGENT (client to server): a CONV_SEND marked urgent.
+
+    Body exactly as CONV_SEND. Allowed if the operator allowed the sender or the
+    conversation (e.g. an emergency channel); FORBIDDEN otherwise.
+    """
+
+    TYPE: ClassVar[int] = FrameType.CONV_SEND_URGENT
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverUrgent(Deliver):
+    """DELIVER_URGENT (server to client, request_id 0): a DELIVER of an urgent message.
+
+    Body exactly as DELIVER; acknowledged with ACK like any DELIVER.
+    """
+
+    TYPE: ClassVar[int] = FrameType.DELIVER_URGENT
+
+
+@dataclass(frozen=True, slots=True)
+class QuietSet:
+    """QUIET_SET (client to server): the user's own working window, which can only narrow
+    the operator's quiet-hours policies (it is one more policy for this user).
+
+    ``days`` is a bit mask, bit 0 Monday .. bit 6 Sunday; 0 removes the user's setting (the
+    other fields are then ignored). ``start``/``end`` are minutes after local midnight
+    (start < end <= 1440), ``defer`` also defers delivery to the user's mobile devices.
+    Answered with OK.
+    """
+
+    request_id: int
+    days: int
+    defer: bool
+    start: int
+    end: int
+    timezone: str
+    TYPE: ClassVar[int] = FrameType.QUIET_SET
+
+    def _write(self, w: Writer) -> None:
+        if not 0 <= self.days <= 0x7F or not 0 <= self.start <= 1440 or not 0 <= self.end <= 1440:
+            raise ValueError("days is a 7-bit mask, start and end minutes 0-1440")
+        w.u8(self.days).u8(int(self.defer)).u16(self.start).u16(self.end)
+        w.string(self.timezone, MAX_TIMEZONE)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> QuietSet:
+        days, flags = r.u8("days"), r.u8("flags")
+        if days > 0x7F:
+            raise ProtocolError(ErrorCode.MALFORMED, f"days: bit 7 must be 0, got {days}")
+        if flags > 1:
+            raise ProtocolError(ErrorCode.MALFORMED, f"flags: only bit 0 is defined, got {flags}")
+        start, end = r.u16("start"), r.u16("end")
+        if start > 1440 or end > 1440:
+            raise ProtocolError(ErrorCode.MALFORMED, "start/end: at most 1440 minutes")
+        return cls(request_id, days, flags == 1, start, end, r.string(MAX_TIMEZONE, "timezone"))
+
+
 Frame: TypeAlias = (
     Hello
     | Welcome
@@ -1136,6 +1321,13 @@ Frame: TypeAlias = (
     | BlobFinish
     | BlobGet
     | BlobData
+    | PushSet
+    | PushClear
+    | PushDropped
+    | SendUrgent
+    | ConvSendUrgent
+    | DeliverUrgent
+    | QuietSet
 )
 """Any frame of protocol v1."""
 
@@ -1176,6 +1368,13 @@ FRAME_CLASSES: dict[int, type[Frame]] = {
         BlobFinish,
         BlobGet,
         BlobData,
+        PushSet,
+        PushClear,
+        PushDropped,
+        SendUrgent,
+        ConvSendUrgent,
+        DeliverUrgent,
+        QuietSet,
     )
 }
 """Frame class by type byte."""

@@ -46,6 +46,10 @@ if TYPE_CHECKING:
     from momedod.server.session import Session
 
 EVENT_FORGED = "the payload starts like a server event; only the server sends those"
+URGENT_FORBIDDEN = (
+    "you may not send urgent messages here; the operator allows senders and channels"
+    " (momedoctl urgent)"
+)
 
 __all__ = ["event_message", "handle", "publish_events", "roster_change"]
 
@@ -106,6 +110,10 @@ async def _on_send(session: Session, frame: f.ConvSend) -> None:
     if is_conv_event(frame.payload):
         await session._error(rid, ErrorCode.BAD_REQUEST, EVENT_FORGED)
         return
+    urgent = isinstance(frame, f.ConvSendUrgent)
+    if urgent and not await ctx.store.may_send_urgent(session.addr[0], frame.conv_id):
+        await session._error(rid, ErrorCode.FORBIDDEN, URGENT_FORBIDDEN)
+        return
     try:
         result = await ctx.store.enqueue_conv(
             session.addr,
@@ -116,6 +124,7 @@ async def _on_send(session: Session, frame: f.ConvSend) -> None:
             frame.blob_ids,
             _now_ms(),
             ctx.mailbox_max_messages,
+            urgent=urgent,
         )
     except NotFound as e:
         await session._error(rid, ErrorCode.NOT_FOUND, str(e))
@@ -146,7 +155,10 @@ async def _on_send(session: Session, frame: f.ConvSend) -> None:
         frame.message_id,
         frame.payload,
         [parts.get((uid, did), b"") for uid, did, _seq in result.deliveries],
+        urgent,
     )
+    if not urgent:
+        await session.report_held(frame.message_id, result)
 
 
 _CONFLICT_REASONS = frozenset({"epoch", "prev_hash"})

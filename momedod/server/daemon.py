@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,8 @@ from momedod.server import blobs, conversations
 from momedod.server.blobstore import BlobFiles
 from momedod.server.listener import ListenerState, serve_listener
 from momedod.server.presence import Presence
+from momedod.server.push import Pusher
+from momedod.server.quiethours import QuietHours
 from momedod.server.session import Session, SessionContext
 from momedod.server.tls import TLSConfigError, TLSMaterial, ensure_self_signed, load_material
 from momedod.store import FanOut, Store, StoreError, open_store
@@ -49,11 +51,21 @@ class StartupError(Exception):
 class Daemon:
     """Shared state of one running daemon; implements the admin ``ServerControl``."""
 
-    def __init__(self, config: Config, store: Store, listeners: list[ListenerState]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        listeners: list[ListenerState],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
         self.store = store
         self.listeners = listeners
+        self.clock = clock  # wall clock of quiet hours (tests stand it at 19:00)
         self.presence = Presence()
+        self.quiet = QuietHours(store, config.quiet_hours, clock)
+        self.pusher = Pusher(store, config.push, quiet=self.quiet, wall_clock=clock)
+        self.presence.on_offline = self.pusher.notify
         self.started = time.monotonic()
         self.open_sessions: set[Session] = set()
         # One context for every listener's sessions; a reload updates it in place.
@@ -62,6 +74,8 @@ class Daemon:
             presence=self.presence,
             sessions=self.open_sessions,
             blob_files=BlobFiles(config.server.state_dir / "blobs"),
+            pusher=self.pusher,
+            quiet=self.quiet,
             **_session_settings(config),
         )
         self.nursery: trio.Nursery | None = None
@@ -97,6 +111,19 @@ class Daemon:
 
     def publish_events(self, events: Sequence[FanOut]) -> None:
         conversations.publish_events(self.presence, events)
+        self.quiet_changed()  # group members may be under a policy now
+
+    def quiet_changed(self) -> None:
+        """Group memberships changed: rebuild who is under which policy (soon)."""
+        if self.nursery is not None:
+            self.nursery.start_soon(self.quiet_refresh)
+
+    async def quiet_refresh(self) -> None:
+        """Rebuild who is under which policy now (an operator changed a policy)."""
+        try:
+            await self.quiet.refresh()
+        except StoreError as e:
+            log.warning("quiet.refresh_failed", error=str(e))
 
     def server_info(self) -> dict[str, Any]:
         host, port = self.public_address()
@@ -240,6 +267,9 @@ class Daemon:
                 log.error("reload.listener_failed", address=lc.address, port=lc.port, error=str(e))
         for name, value in _session_settings(new).items():
             setattr(self.ctx, name, value)
+        self.pusher.configure(new.push)
+        self.quiet.configure(new.quiet_hours)
+        await self.quiet_refresh()
         self.config = replace(
             new,
             server=replace(new.server, state_dir=old.server.state_dir),
@@ -415,9 +445,15 @@ def _banner(daemon: Daemon) -> None:
 
 
 async def serve(
-    config: Config, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED
+    config: Config,
+    *,
+    clock: Callable[[], float] = time.time,
+    task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the daemon until cancelled (the tests start it in-process this way too)."""
+    """Run the daemon until cancelled (the tests start it in-process this way too).
+
+    ``clock`` is the wall clock quiet hours are judged by (tests pass a controllable one).
+    """
     _prepare_state_dir(config.server.state_dir)
     try:
         listeners = [
@@ -434,7 +470,7 @@ async def serve(
         raise StartupError(str(e)) from e
     metrics_server = None
     try:
-        daemon = Daemon(config, store, [])
+        daemon = Daemon(config, store, [], clock)
         daemon.org_fp = await _stored_org_fp(store)
         if config.metrics.enabled:
             try:
@@ -448,6 +484,10 @@ async def serve(
         async with trio.open_nursery() as nursery:
             daemon.nursery = nursery
             daemon.sessions = await nursery.start(_session_nursery)
+            # Policies and push targets before the first session can look at them.
+            await daemon.quiet.refresh()
+            nursery.start_soon(daemon.quiet.run)
+            await nursery.start(daemon.pusher.run)
             for ls in listeners:
                 await daemon.start_listener(ls)
             try:

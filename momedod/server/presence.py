@@ -3,12 +3,13 @@
 A session registers once it is authenticated. One session per device: a newer login replaces
 the older one. A committed message is offered to the online recipients' sessions directly, so
 live delivery needs no store read; the offer is a hint — the mailbox in the store stays the
-truth — so an offer to a device that is offline is simply dropped.
+truth — so an offer to a device that is offline is simply dropped, and ``on_offline`` (the
+push wake-up queue, if any) is told about that device instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from momedod.observability import metrics
@@ -33,6 +34,7 @@ class Presence:
 
     def __init__(self) -> None:
         self._by_addr: dict[Addr, Online] = {}
+        self.on_offline: Callable[[Addr, bool], None] | None = None  # (addr, urgent); no blocking
 
     def __len__(self) -> int:
         return len(self._by_addr)
@@ -50,13 +52,21 @@ class Presence:
             metrics.ONLINE_DEVICES.set(len(self._by_addr))
 
     def deliver(
-        self, result: EnqueueResult, message_id: bytes, payload: bytes, parts: Sequence[bytes]
+        self,
+        result: EnqueueResult,
+        message_id: bytes,
+        payload: bytes,
+        parts: Sequence[bytes],
+        urgent: bool = False,
     ) -> None:
         """Hand a just-committed message to the sessions of its online recipient devices."""
+        ts = result.server_ts_ms
         for (uid, did, seq), part in zip(result.deliveries, parts, strict=True):
             session = self._by_addr.get((uid, did))
             if session is not None:
-                session.offer(MailboxEntry(seq, message_id, result.server_ts_ms, payload, part))
+                session.offer(MailboxEntry(seq, message_id, ts, payload, part, urgent))
+            elif self.on_offline is not None:
+                self.on_offline((uid, did), urgent)
 
     def disconnect_user(self, user_id: str, code: ErrorCode, message: str) -> int:
         victims = [s for (uid, _), s in self._by_addr.items() if uid == user_id]

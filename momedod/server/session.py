@@ -29,7 +29,7 @@ import structlog
 import trio
 
 from momedod.config import AttachmentsConfig
-from momedod.e2e.event import is_conv_event
+from momedod.e2e.event import EVENT_HELD, ConvEvent, is_conv_event
 from momedod.observability import metrics
 from momedod.protocol import frames as f
 from momedod.protocol.auth import auth_message, enroll_message, verify_signature
@@ -46,8 +46,11 @@ from momedod.protocol.userid import display
 from momedod.server import blobs, conversations
 from momedod.server.blobstore import BlobFiles
 from momedod.server.presence import Presence
+from momedod.server.push import Pusher
+from momedod.server.quiethours import USER_PREFIX, QuietHours, user_spec
 from momedod.store import (
     BlobNotFound,
+    EnqueueResult,
     InviteExpired,
     InviteInvalid,
     MailboxEntry,
@@ -74,10 +77,15 @@ RECV_BYTES = 65536
 FINAL_SEND_TIMEOUT = 2.0
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 1 << 20
+QUIET_TICK = 0.5  # seconds between looks at the clock while delivery to a phone is deferred
 
 _ids = count(1)
 
 EVENT_FORGED = "the payload starts like a server event; only the server sends those"
+URGENT_FORBIDDEN = (
+    "you may not send urgent messages here; the operator allows senders and channels"
+    " (momedoctl urgent)"
+)
 
 
 @dataclass
@@ -99,6 +107,8 @@ class SessionContext:
     blob_files: BlobFiles | None = None  # STATE/blobs; None: attachments are refused
     users_create_groups: bool = True  # [policy]
     max_group_size: int = 5000
+    pusher: Pusher | None = None  # wake-ups for devices that are not connected
+    quiet: QuietHours | None = None  # quiet-hours policies
 
 
 # Metric label of each frame class, e.g. KeyPut -> "key_put".
@@ -140,6 +150,8 @@ class Session:
         self._inflight: set[int] = set()  # seqs delivered in this session and not yet acked
         self._live: dict[int, MailboxEntry] = {}  # offered by presence, by seq
         self._live_overflow = False
+        self._mobile = False  # declared with PUSH_SET; quiet hours may defer its delivery
+        self._deferred_from: int | None = None  # lowest seq held back by quiet hours
         self._acked = trio.Event()
         self._scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
@@ -326,11 +338,19 @@ class Session:
         read_store = True
         while True:
             wake = self._wake_event = trio.Event()
+            defer = self._deferring()
+            if not defer and self._deferred_from is not None:  # quiet hours ended: catch up
+                cursor = min(cursor, self._deferred_from - 1)
+                self._deferred_from = None
+                read_store = True
             if read_store or self._live_overflow:
                 self._live_overflow = False
                 entries = await store.fetch(uid, did, cursor, FETCH_BATCH)
                 for e in entries:
-                    await self._deliver(e)
+                    if defer and not e.urgent:
+                        self._defer(e.seq)
+                    else:
+                        await self._deliver(e)
                     cursor = e.seq
                 if len(entries) == FETCH_BATCH:
                     continue
@@ -341,21 +361,39 @@ class Session:
             live = self._live
             while cursor + 1 in live:
                 e = live.pop(cursor + 1)
-                await self._deliver(e)
+                if defer and not e.urgent:
+                    self._defer(e.seq)
+                else:
+                    await self._deliver(e)
                 cursor = e.seq
             for seq in [s for s in live if s <= cursor]:
                 del live[seq]
             if live:  # a gap before the next offered seq: the store has the whole sequence
                 read_store = True
                 continue
-            await wake.wait()
+            if self._deferred_from is None:
+                await wake.wait()
+            else:
+                with trio.move_on_after(QUIET_TICK):
+                    await wake.wait()
+
+    def _deferring(self) -> bool:
+        """Quiet hours with defer_delivery hold back non-urgent messages to this phone."""
+        quiet = self.ctx.quiet
+        return self._mobile and quiet is not None and quiet.state(self.addr[0]).defer
+
+    def _defer(self, seq: int) -> None:
+        if self._deferred_from is None:
+            self._deferred_from = seq
+            self._log.debug("delivery.deferred", seq=seq)
 
     async def _deliver(self, e: MailboxEntry) -> None:
         while len(self._inflight) >= DELIVERY_WINDOW:
             self._acked = trio.Event()
             await self._acked.wait()
         self._inflight.add(e.seq)
-        await self._send(f.Deliver(0, e.seq, e.message_id, e.server_ts_ms, e.payload, e.part))
+        kind = f.DeliverUrgent if e.urgent else f.Deliver
+        await self._send(kind(0, e.seq, e.message_id, e.server_ts_ms, e.payload, e.part))
         metrics.MESSAGES_DELIVERED.inc()
         metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - e.server_ts_ms / 1000))
 
@@ -413,6 +451,10 @@ class Session:
             await conversations.handle(self, frame)
         elif isinstance(frame, f.SendBlobs | f.BlobStart | f.BlobChunk | f.BlobFinish | f.BlobGet):
             await blobs.handle(self, frame)
+        elif isinstance(frame, f.PushSet | f.PushClear):
+            await self._on_push(frame)
+        elif isinstance(frame, f.QuietSet):
+            await self._on_quiet_set(frame)
         elif isinstance(frame, f.Hello):
             await self._on_hello(frame)
         elif isinstance(frame, f.Auth):
@@ -520,6 +562,14 @@ class Session:
         metrics.AUTHENTICATED.inc()
         self.ctx.presence.register(self)
         await self.ctx.store.touch_device(user_id, device_id, now_ms())
+        pusher = self.ctx.pusher
+        if pusher is not None:
+            self._mobile = pusher.device_kind(self.addr) == f.DEVICE_MOBILE
+        if pusher is not None and self.addr in pusher.dropped:
+            pusher.dropped.discard(self.addr)
+            report = await self.ctx.store.take_push_dropped(user_id, device_id)
+            if report is not None:
+                await self._send(f.PushDropped(0, *report))
         assert self._nursery is not None
         self._nursery.start_soon(self._pump)
 
@@ -540,6 +590,10 @@ class Session:
         if is_conv_event(frame.payload):
             await self._error(rid, ErrorCode.BAD_REQUEST, EVENT_FORGED)
             return
+        urgent = isinstance(frame, f.SendUrgent)
+        if urgent and not await self.ctx.store.may_send_urgent(self.addr[0], None):
+            await self._error(rid, ErrorCode.FORBIDDEN, URGENT_FORBIDDEN)
+            return
         try:
             result = await self.ctx.store.enqueue(
                 self.addr,
@@ -549,6 +603,7 @@ class Session:
                 now_ms(),
                 self.ctx.mailbox_max_messages,
                 frame.blob_ids if isinstance(frame, f.SendBlobs) else (),
+                urgent=urgent,
             )
         except BlobNotFound as e:
             await self._error(rid, ErrorCode.NOT_FOUND, str(e))
@@ -574,8 +629,92 @@ class Session:
         metrics.MESSAGES_ACCEPTED.inc()
         metrics.MAILBOX_ENTRIES_ADDED.inc(len(result.deliveries))
         self.ctx.presence.deliver(
-            result, frame.message_id, frame.payload, [r.part for r in frame.recipients]
+            result, frame.message_id, frame.payload, [r.part for r in frame.recipients], urgent
         )
+        if not urgent:
+            await self.report_held(frame.message_id, result)
+
+    async def report_held(self, message_id: bytes, result: EnqueueResult) -> None:
+        """Tell the sender's devices (a HELD event) if recipients are in quiet hours."""
+        quiet, uid = self.ctx.quiet, self.addr[0]
+        if quiet is None:
+            return
+        ends = [
+            st.opens_at
+            for st in (quiet.state(u) for u in {d[0] for d in result.deliveries} - {uid})
+            if st.quiet
+        ]
+        if not ends:
+            return
+        store = self.ctx.store
+        event = ConvEvent(EVENT_HELD, message_id, int(max(ends) * 1000)).encode()
+        event_id = secrets.token_bytes(16)
+        try:
+            devices = [d.device_id for d in await store.list_devices(uid) if d.active]
+            held = await store.enqueue(
+                (uid, 0),  # device 0 never exists: the server's own sender address
+                event_id,
+                event,
+                [Recipient(uid, d, b"") for d in devices],
+                now_ms(),
+                self.ctx.mailbox_max_messages,
+            )
+        except StoreError as e:  # a status, not a message: never fail the send for it
+            self._log.info("quiet.held_event_failed", error=str(e))
+            return
+        metrics.MAILBOX_ENTRIES_ADDED.inc(len(held.deliveries))
+        self.ctx.presence.deliver(held, event_id, event, [b""] * len(held.deliveries))
+
+    async def _on_quiet_set(self, frame: f.QuietSet) -> None:
+        quiet, uid, rid = self.ctx.quiet, self.addr[0], frame.request_id
+        if quiet is None:
+            await self._error(rid, ErrorCode.FORBIDDEN, "quiet hours are not available here")
+            return
+        name = USER_PREFIX + uid
+        if frame.days == 0:
+            await self.ctx.store.delete_quiet_policy(name)
+        else:
+            try:
+                spec = user_spec(
+                    uid, frame.days, frame.start, frame.end, frame.timezone, frame.defer
+                )
+            except ValueError as e:
+                shown = str(e).encode()[: f.MAX_ERROR_MESSAGE].decode(errors="ignore")
+                await self._error(rid, ErrorCode.BAD_REQUEST, shown)
+                return
+            await self.ctx.store.put_quiet_policy(name, spec, now_ms())
+        await quiet.refresh()
+        self._log.info("quiet.own_setting", cleared=frame.days == 0)
+        self._wake_event.set()  # deferral may start or end
+        await self._send(f.Ok(rid))
+
+    async def _on_push(self, frame: f.PushSet | f.PushClear) -> None:
+        pusher, rid = self.ctx.pusher, frame.request_id
+        if pusher is None:
+            await self._error(rid, ErrorCode.FORBIDDEN, "push wake-ups are disabled on this server")
+            return
+        if isinstance(frame, f.PushClear):
+            await self.ctx.store.clear_push_target(*self.addr)
+            pusher.registered(self.addr, None)
+            self._mobile = False
+            self._wake_event.set()
+            self._log.info("push.cleared")
+            await self._send(f.Ok(rid))
+            return
+        refusal = pusher.check_target(frame.kind, frame.target)
+        if refusal is not None:
+            self._log.info("push.refused", reason=refusal)
+            shown = refusal.encode()[: f.MAX_ERROR_MESSAGE].decode(errors="ignore")
+            await self._error(rid, ErrorCode.FORBIDDEN, shown)
+            return
+        await self.ctx.store.set_push_target(
+            *self.addr, frame.kind, frame.device_kind, frame.target, now_ms()
+        )
+        pusher.registered(self.addr, frame.kind, frame.device_kind)
+        self._mobile = frame.device_kind == f.DEVICE_MOBILE
+        self._wake_event.set()  # deferral may start or end
+        self._log.info("push.registered", kind=frame.kind, device_kind=frame.device_kind)
+        await self._send(f.Ok(rid))
 
     async def _on_link_invite(self, frame: f.LinkInvite) -> None:
         # A device invites a further device of its own user (the end-to-end layer then links

@@ -21,6 +21,9 @@ from cryptography.x509.oid import NameOID
 
 from momedod.protocol.invite import cert_fingerprint
 
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+"""OpenSSL cipher string for TLS 1.2 (when enabled): forward-secret AEAD suites only."""
+
 
 class TLSConfigError(Exception):
     """A certificate or key cannot be used; the message names the files."""
@@ -100,7 +103,10 @@ def load_material(cert_path: Path, key_path: Path, min_version: str = "1.3") -> 
         raise TLSConfigError(f"{cert_path}: not a PEM certificate") from e
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
-    ctx.options |= ssl.OP_NO_COMPRESSION
+    # TLS 1.3 suites are all AEAD; for 1.2 keep only ECDHE with AES-GCM or ChaCha20-Poly1305
+    # (Python's default list still has CBC suites). No compression (CRIME), no renegotiation.
+    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     try:
         ctx.load_cert_chain(cert_path, key_path)
     except FileNotFoundError as e:

@@ -9,7 +9,7 @@ All times are passed in as milliseconds since the Unix epoch; the store never re
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,6 +32,8 @@ __all__ = [
     "EventMessage",
     "FanOut",
     "Forbidden",
+    "ImportRow",
+    "ImportedUser",
     "InvalidCursor",
     "Invite",
     "InviteExpired",
@@ -39,6 +41,7 @@ __all__ = [
     "MailboxEntry",
     "MailboxFull",
     "NotFound",
+    "PushTarget",
     "QuotaExceeded",
     "Recipient",
     "RecordStale",
@@ -68,6 +71,8 @@ class User:
     created_ms: int
     disabled: bool
     deleted: bool
+    external_id: str | None = None  # the ID in the organisation's own records (CSV import)
+    bot: bool = False  # an integration account run by ``momedo bridge`` (operator's flag)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +129,18 @@ class EnqueueResult:
 
 
 @dataclass(frozen=True, slots=True)
+class PushTarget:
+    """Where the server sends a device's wake-ups (see :meth:`Store.set_push_target`)."""
+
+    user_id: str
+    device_id: int
+    kind: int  # 1: UnifiedPush endpoint URL, 2: token for the configured gateway
+    device_kind: int  # 0: desktop, 1: mobile
+    target: str
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class MailboxEntry:
     """A stored message waiting in a device's mailbox."""
 
@@ -132,6 +149,7 @@ class MailboxEntry:
     server_ts_ms: int
     payload: bytes
     part: bytes
+    urgent: bool = False  # sent as urgent (passes quiet hours)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +206,7 @@ AUDIT_FORBIDDEN_KEYS = frozenset(
 )
 """Detail keys never stored in the audit log (invite codes, links and keys are secrets)."""
 
-AUDIT_PERSONAL_KEYS = frozenset({"name", "old_name"})
+AUDIT_PERSONAL_KEYS = frozenset({"name", "old_name", "external_id"})
 """Detail keys that hold a user's name: removed from the user's entries when it is deleted."""
 
 
@@ -209,8 +227,9 @@ class AuditEntry:
 class UserQuery:
     """Filters for :meth:`Store.find_users`; all given conditions must hold.
 
-    ``search`` matches a case-insensitive substring of the name; ``id_fragment`` a substring
-    of the canonical user ID. If both are given, a user matches if either does.
+    ``search`` matches a case-insensitive substring of the name, or the whole external_id
+    (ignoring case); ``id_fragment`` a substring of the canonical user ID. If both are
+    given, a user matches if either does.
     ``without_active_device``: no device that is not revoked (never enrolled, or every device
     revoked). ``inactive_since_ms``: no device seen at or after that time, counting the
     user's creation as activity (a new user is not inactive).
@@ -221,6 +240,27 @@ class UserQuery:
     disabled: bool | None = None
     without_active_device: bool = False
     inactive_since_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImportRow:
+    """One row of a bulk import (:meth:`Store.import_users`): a name (already checked) and
+    the optional ID of the person in the organisation's own records."""
+
+    name: str
+    external_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImportedUser:
+    """The outcome of one :class:`ImportRow`: the user it matched or created, whether it was
+    ``created`` (then ``invite`` is its first invite, else None), and whether the row's
+    external_id was newly stored on a user that was matched by name (``linked``)."""
+
+    user: User
+    created: bool
+    invite: Invite | None
+    linked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -473,6 +513,12 @@ class Store(abc.ABC):
         """Disable or enable a user. Raises NotFound."""
 
     @abc.abstractmethod
+    async def set_user_bot(
+        self, user_id: str, bot: bool, *, audit: AuditNote | None = None
+    ) -> User:
+        """Mark a user as a bot (an integration account) or not. Raises NotFound."""
+
+    @abc.abstractmethod
     async def rename_user(self, user_id: str, name: str, *, audit: AuditNote | None = None) -> User:
         """Give a user a new name. Raises NotFound."""
 
@@ -499,10 +545,35 @@ class Store(abc.ABC):
         ttl_ms: int,
         *,
         audit: AuditNote | None = None,
+        user_ids: Collection[str] | None = None,
     ) -> list[tuple[User, Invite]]:
         """A new invite for every enabled user (only those without an active device if
-        ``without_active_device``), in creation order, all in one transaction; each user's
-        older unused invites stop working. ``audit`` is written once per invited user."""
+        ``without_active_device``; only those in ``user_ids`` if given), in creation order,
+        all in one transaction; each user's older unused invites stop working. ``audit`` is
+        written once per invited user."""
+
+    @abc.abstractmethod
+    async def import_users(
+        self,
+        rows: Sequence[ImportRow],
+        now_ms: int,
+        invite_ttl_ms: int,
+        *,
+        audit: AuditNote | None = None,
+    ) -> list[ImportedUser]:
+        """Match or create a user for every row, all in one transaction; one result per
+        row, in order.
+
+        A row with an ``external_id`` matches the non-deleted user with that external_id.
+        Every other row (none, or no user with it) matches by name: the k-th such row with a
+        given name, in file order, matches the k-th oldest non-deleted user with exactly that
+        name and no external_id (one not matched by another row); a row that carries an
+        external_id stores it on the user it matched this way (``linked``). Rows that match
+        nobody create a user with its first invite (as :meth:`create_user`). Matched users
+        are not changed otherwise (not renamed, not enabled). ``audit`` is written once per
+        created user (detail: ``name``, ``external_id``) and once per linked user (action
+        ``user.link``); nothing when nothing changes. Raises ValueError if two rows carry the
+        same external_id."""
 
     @abc.abstractmethod
     async def find_users(
@@ -556,8 +627,13 @@ class Store(abc.ABC):
         now_ms: int,
         max_per_device: int,
         blob_ids: Sequence[bytes] = (),
+        *,
+        urgent: bool = False,
     ) -> EnqueueResult:
         """Store a message for every recipient device, all or nothing.
+
+        ``urgent`` marks it as sent urgent (MailboxEntry.urgent; the caller checked that the
+        sender may).
 
         The payload is stored once and shared by all recipients; each recipient device gets
         the next value of its own sequence counter. A repeat of the same ``message_id`` by
@@ -698,8 +774,11 @@ class Store(abc.ABC):
         blob_ids: Sequence[bytes],
         now_ms: int,
         max_per_device: int,
+        *,
+        urgent: bool = False,
     ) -> EnqueueResult:
-        """Store a conversation message once and fan it out, all or nothing.
+        """Store a conversation message once and fan it out, all or nothing (``urgent``: as
+        for :meth:`enqueue`).
 
         Recipients: every active device of every enabled member plus the sender's other
         active devices; a device named in ``parts`` gets its part, the others an empty one.
@@ -817,3 +896,70 @@ class Store(abc.ABC):
         than ``ttl_ms``, unfinished ones untouched for more than ``partial_ttl_ms``.
         Returns ``(blob_id, complete)`` of each; the caller removes their files. Call again
         while ``limit`` come back."""
+
+    # -- push targets --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def set_push_target(
+        self,
+        user_id: str,
+        device_id: int,
+        kind: int,
+        device_kind: int,
+        target: str,
+        now_ms: int,
+    ) -> None:
+        """Set the device's push target, replacing an earlier one or a pending drop report.
+        Raises NotFound for an unknown or revoked device."""
+
+    @abc.abstractmethod
+    async def clear_push_target(self, user_id: str, device_id: int) -> bool:
+        """Remove the device's target; True if there was one. Raises NotFound."""
+
+    @abc.abstractmethod
+    async def get_push_target(self, user_id: str, device_id: int) -> PushTarget | None:
+        """The device's usable target: None if none, dropped, or the device may not receive."""
+
+    @abc.abstractmethod
+    async def list_push_targets(self) -> tuple[list[PushTarget], list[tuple[str, int]]]:
+        """All usable targets, and the devices whose dropped target is not yet reported."""
+
+    @abc.abstractmethod
+    async def drop_push_target(
+        self, user_id: str, device_id: int, target: str, status: int, now_ms: int
+    ) -> bool:
+        """Give up on ``target`` after permanent failures (HTTP ``status``, 0 if none),
+        keeping a report for the device; False if the device has another target by now."""
+
+    @abc.abstractmethod
+    async def take_push_dropped(self, user_id: str, device_id: int) -> tuple[int, int, int] | None:
+        """The device's pending drop report ``(kind, status, dropped_ms)``, removing it."""
+
+    # -- quiet hours and urgent messages ---------------------------------------------------
+
+    @abc.abstractmethod
+    async def set_urgent(
+        self, *, user_id: str | None = None, conv_id: bytes | None = None, allowed: bool
+    ) -> None:
+        """Allow (or stop allowing) a user, or anyone who posts to a conversation, to send
+        urgent messages."""
+
+    @abc.abstractmethod
+    async def may_send_urgent(self, user_id: str, conv_id: bytes | None) -> bool:
+        """True if the user is allowed, or ``conv_id`` is given and allowed."""
+
+    @abc.abstractmethod
+    async def list_urgent(self) -> tuple[list[str], list[bytes]]:
+        """The allowed users and conversations."""
+
+    @abc.abstractmethod
+    async def put_quiet_policy(self, name: str, spec: str, now_ms: int) -> None:
+        """Add or replace an operator's quiet-hours policy (``spec`` a JSON object)."""
+
+    @abc.abstractmethod
+    async def delete_quiet_policy(self, name: str) -> bool:
+        """Remove an operator's policy; False if there was none of that name."""
+
+    @abc.abstractmethod
+    async def list_quiet_policies(self) -> list[tuple[str, str]]:
+        """``(name, spec)`` of every operator's policy, by name."""

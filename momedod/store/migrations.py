@@ -182,7 +182,47 @@ _V3 = (
     ) WITHOUT ROWID""",
 )
 
-SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
+# Version 4: the ID a school's or city's own records give a user (CSV import,
+# ``momedoctl user import``); unique among the users that have one. Deleted users lose it.
+_V4 = (
+    "ALTER TABLE users ADD COLUMN external_id TEXT",
+    "CREATE UNIQUE INDEX users_external_id ON users (external_id) WHERE external_id IS NOT NULL",
+)
+
+# Version 5: push targets, one per device (docs/PROTOCOL.md "Push wake-ups"). ``kind`` is 1
+# for a UnifiedPush endpoint URL, 2 for a gateway token; ``device_kind`` 0 desktop, 1 mobile.
+# A target the server gave up on keeps its row with ``target`` NULL and ``dropped_ms`` /
+# ``drop_status`` set until the device is told at its next connection.
+_V5 = (
+    """CREATE TABLE push_targets (
+        device_pk    INTEGER PRIMARY KEY REFERENCES devices (pk),
+        kind         INTEGER NOT NULL,
+        device_kind  INTEGER NOT NULL,
+        target       TEXT,
+        created_ms   INTEGER NOT NULL,
+        dropped_ms   INTEGER,
+        drop_status  INTEGER
+    )""",
+    # Quiet hours and urgent messages (docs/ADMIN.md "Quiet hours"): ``payloads.urgent`` marks
+    # a message sent as urgent (it passes quiet hours); the operator's allow-lists of who may
+    # send urgent messages (a user anywhere, or anyone who may post in a conversation); the
+    # quiet-hours policies added with momedoctl (``spec`` a JSON object). No foreign keys on
+    # the allow-lists: deleting a user or conversation must not depend on them.
+    "ALTER TABLE payloads ADD COLUMN urgent INTEGER NOT NULL DEFAULT 0",
+    "CREATE TABLE urgent_users (user_id TEXT PRIMARY KEY) WITHOUT ROWID",
+    "CREATE TABLE urgent_convs (conv_id BLOB PRIMARY KEY) WITHOUT ROWID",
+    """CREATE TABLE quiet_policies (
+        name        TEXT PRIMARY KEY,
+        spec        TEXT NOT NULL,
+        created_ms  INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+)
+
+# Version 6: the operator's bot flag (``momedoctl user add NAME --bot``, ``user bot``): the
+# account is an integration run by ``momedo bridge`` (docs/INTEGRATIONS.md); shown, not enforced.
+_V6 = ("ALTER TABLE users ADD COLUMN bot INTEGER NOT NULL DEFAULT 0",)
+
+SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
 """Migration scripts, oldest first; each is a tuple of SQL statements."""
 
 

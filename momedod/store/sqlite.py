@@ -49,13 +49,13 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import trio
 
-from momedod.store import txn
+from momedod.store import push, txn
 from momedod.store.base import (
     AuditEntry,
     AuditNote,
@@ -67,8 +67,11 @@ from momedod.store.base import (
     EnqueueResult,
     EventMessage,
     FanOut,
+    ImportedUser,
+    ImportRow,
     Invite,
     MailboxEntry,
+    PushTarget,
     Recipient,
     RosterApplied,
     RosterChange,
@@ -481,6 +484,12 @@ class SQLiteStore(Store):
         """See :meth:`Store.list_users`."""
         return await self._read(txn.list_users)
 
+    async def set_user_bot(
+        self, user_id: str, bot: bool, *, audit: AuditNote | None = None
+    ) -> User:
+        """See :meth:`Store.set_user_bot`."""
+        return await self._write(txn.set_user_bot, user_id, bot, audit)
+
     async def set_user_disabled(
         self, user_id: str, disabled: bool, *, audit: AuditNote | None = None
     ) -> User:
@@ -513,10 +522,36 @@ class SQLiteStore(Store):
         ttl_ms: int,
         *,
         audit: AuditNote | None = None,
+        user_ids: Collection[str] | None = None,
     ) -> list[tuple[User, Invite]]:
         """See :meth:`Store.bulk_invites`."""
         return await self._write(
-            txn.bulk_invites, without_active_device, now_ms, ttl_ms, self._new_invite_code, audit
+            txn.bulk_invites,
+            without_active_device,
+            now_ms,
+            ttl_ms,
+            self._new_invite_code,
+            audit,
+            None if user_ids is None else frozenset(user_ids),
+        )
+
+    async def import_users(
+        self,
+        rows: Sequence[ImportRow],
+        now_ms: int,
+        invite_ttl_ms: int,
+        *,
+        audit: AuditNote | None = None,
+    ) -> list[ImportedUser]:
+        """See :meth:`Store.import_users`."""
+        return await self._write(
+            txn.import_users,
+            tuple(rows),
+            now_ms,
+            invite_ttl_ms,
+            self._new_user_id,
+            self._new_invite_code,
+            audit,
         )
 
     async def find_users(
@@ -558,6 +593,8 @@ class SQLiteStore(Store):
         now_ms: int,
         max_per_device: int,
         blob_ids: Sequence[bytes] = (),
+        *,
+        urgent: bool = False,
     ) -> EnqueueResult:
         """See :meth:`Store.enqueue`."""
         return await self._write(
@@ -569,6 +606,7 @@ class SQLiteStore(Store):
             now_ms,
             max_per_device,
             tuple(blob_ids),
+            urgent,
         )
 
     async def fetch(
@@ -726,6 +764,8 @@ class SQLiteStore(Store):
         blob_ids: Sequence[bytes],
         now_ms: int,
         max_per_device: int,
+        *,
+        urgent: bool = False,
     ) -> EnqueueResult:
         """See :meth:`Store.enqueue_conv`."""
         return await self._write(
@@ -738,6 +778,7 @@ class SQLiteStore(Store):
             tuple(blob_ids),
             now_ms,
             max_per_device,
+            urgent,
         )
 
     async def put_org_key(
@@ -794,6 +835,68 @@ class SQLiteStore(Store):
     ) -> list[tuple[bytes, bool]]:
         """See :meth:`Store.collect_blobs`."""
         return await self._write(txn.collect_blobs, now_ms, ttl_ms, partial_ttl_ms, limit)
+
+    async def set_push_target(
+        self,
+        user_id: str,
+        device_id: int,
+        kind: int,
+        device_kind: int,
+        target: str,
+        now_ms: int,
+    ) -> None:
+        """See :meth:`Store.set_push_target`."""
+        await self._write(
+            push.set_push_target, user_id, device_id, kind, device_kind, target, now_ms
+        )
+
+    async def clear_push_target(self, user_id: str, device_id: int) -> bool:
+        """See :meth:`Store.clear_push_target`."""
+        return await self._write(push.clear_push_target, user_id, device_id)
+
+    async def get_push_target(self, user_id: str, device_id: int) -> PushTarget | None:
+        """See :meth:`Store.get_push_target`."""
+        return await self._read(push.get_push_target, user_id, device_id)
+
+    async def list_push_targets(self) -> tuple[list[PushTarget], list[tuple[str, int]]]:
+        """See :meth:`Store.list_push_targets`."""
+        return await self._read(push.list_push_targets)
+
+    async def drop_push_target(
+        self, user_id: str, device_id: int, target: str, status: int, now_ms: int
+    ) -> bool:
+        """See :meth:`Store.drop_push_target`."""
+        return await self._write(push.drop_push_target, user_id, device_id, target, status, now_ms)
+
+    async def take_push_dropped(self, user_id: str, device_id: int) -> tuple[int, int, int] | None:
+        """See :meth:`Store.take_push_dropped`."""
+        return await self._write(push.take_push_dropped, user_id, device_id)
+
+    async def set_urgent(
+        self, *, user_id: str | None = None, conv_id: bytes | None = None, allowed: bool
+    ) -> None:
+        """See :meth:`Store.set_urgent`."""
+        await self._write(push.set_urgent, user_id, conv_id, allowed)
+
+    async def may_send_urgent(self, user_id: str, conv_id: bytes | None) -> bool:
+        """See :meth:`Store.may_send_urgent`."""
+        return await self._read(push.may_send_urgent, user_id, conv_id)
+
+    async def list_urgent(self) -> tuple[list[str], list[bytes]]:
+        """See :meth:`Store.list_urgent`."""
+        return await self._read(push.list_urgent)
+
+    async def put_quiet_policy(self, name: str, spec: str, now_ms: int) -> None:
+        """See :meth:`Store.put_quiet_policy`."""
+        await self._write(push.put_quiet_policy, name, spec, now_ms)
+
+    async def delete_quiet_policy(self, name: str) -> bool:
+        """See :meth:`Store.delete_quiet_policy`."""
+        return await self._write(push.delete_quiet_policy, name)
+
+    async def list_quiet_policies(self) -> list[tuple[str, str]]:
+        """See :meth:`Store.list_quiet_policies`."""
+        return await self._read(push.list_quiet_policies)
 
     async def backup(self, dest_dir: Path) -> BackupInfo:
         """See :meth:`Store.backup`; writes ``dest_dir/momedo.sqlite3`` (module docstring)."""

@@ -20,7 +20,7 @@ import json
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from momedod.store.base import (
@@ -40,6 +40,8 @@ from momedod.store.base import (
     EventMessage,
     FanOut,
     Forbidden,
+    ImportedUser,
+    ImportRow,
     InvalidCursor,
     Invite,
     InviteExpired,
@@ -108,14 +110,23 @@ def dedup_key(sender: tuple[str, int], message_id: bytes) -> bytes:
 
 # -- rows ------------------------------------------------------------------------------------
 
-_USER_COLS = "user_id, name, created_ms, disabled, deleted"
+_USER_COLS = "user_id, name, created_ms, disabled, deleted, external_id, bot"
+_NUSER = len(_USER_COLS.split(", "))  # the columns after them in _FIND_USERS start here
 _DEVICE_COLS = (
     "user_id, device_id, name, transport_pub, created_ms, revoked_ms, last_seen_ms, mailbox_count"
 )
 
 
 def _user(row: Row) -> User:
-    return User(str(row[0]), str(row[1]), int(row[2]), bool(row[3]), bool(row[4]))
+    return User(
+        str(row[0]),
+        str(row[1]),
+        int(row[2]),
+        bool(row[3]),
+        bool(row[4]),
+        None if row[5] is None else str(row[5]),
+        bool(row[6]),
+    )
 
 
 def _device(row: Row) -> Device:
@@ -253,7 +264,15 @@ def set_user_disabled(tx: Tx, user_id: str, disabled: bool, audit: AuditNote | N
     user = _require_user(tx, user_id)
     tx.execute("UPDATE users SET disabled = ? WHERE user_id = ?", (int(disabled), user_id))
     _write_audit(tx, audit, user_id)
-    return User(user.user_id, user.name, user.created_ms, disabled, deleted=False)
+    return dataclasses.replace(user, disabled=disabled)
+
+
+def set_user_bot(tx: Tx, user_id: str, bot: bool, audit: AuditNote | None = None) -> User:
+    """Set the bot flag; NotFound for unknown or deleted users."""
+    user = _require_user(tx, user_id)
+    tx.execute("UPDATE users SET bot = ? WHERE user_id = ?", (int(bot), user_id))
+    _write_audit(tx, audit, user_id)
+    return dataclasses.replace(user, bot=bot)
 
 
 def rename_user(tx: Tx, user_id: str, name: str, audit: AuditNote | None = None) -> User:
@@ -261,7 +280,7 @@ def rename_user(tx: Tx, user_id: str, name: str, audit: AuditNote | None = None)
     user = _require_user(tx, user_id)
     tx.execute("UPDATE users SET name = ? WHERE user_id = ?", (name, user_id))
     _write_audit(tx, audit, user_id, extra={"old_name": user.name, "name": name})
-    return User(user.user_id, name, user.created_ms, user.disabled, deleted=False)
+    return dataclasses.replace(user, name=name)
 
 
 def delete_user(tx: Tx, user_id: str, now_ms: int, audit: AuditNote | None = None) -> None:
@@ -274,6 +293,7 @@ def delete_user(tx: Tx, user_id: str, now_ms: int, audit: AuditNote | None = Non
     for (pk,) in tx.all("SELECT pk FROM devices WHERE user_id = ?", (user_id,)):
         _drop_mailbox(tx, int(pk), now_ms)
         tx.execute("DELETE FROM prekeys WHERE device_pk = ?", (pk,))
+        tx.execute("DELETE FROM push_targets WHERE device_pk = ?", (pk,))
     tx.execute(
         "UPDATE devices SET revoked_ms = coalesce(revoked_ms, ?), name = '' WHERE user_id = ?",
         (now_ms, user_id),
@@ -282,7 +302,9 @@ def delete_user(tx: Tx, user_id: str, now_ms: int, audit: AuditNote | None = Non
     tx.execute("DELETE FROM identity_records WHERE user_id = ?", (user_id,))
     tx.execute("DELETE FROM device_lists WHERE user_id = ?", (user_id,))
     _release_user_blobs(tx, user_id)
-    tx.execute("UPDATE users SET deleted = 1, name = '' WHERE user_id = ?", (user_id,))
+    tx.execute(
+        "UPDATE users SET deleted = 1, name = '', external_id = NULL WHERE user_id = ?", (user_id,)
+    )
     _forget_names_in_audit(tx, user_id)
     _write_audit(tx, audit, user_id)
 
@@ -309,9 +331,10 @@ def bulk_invites(
     ttl_ms: int,
     new_code: Callable[[], str],
     audit: AuditNote | None = None,
+    user_ids: Collection[str] | None = None,
 ) -> list[tuple[User, Invite]]:
-    """A new invite for every enabled user (optionally: only those without an active device),
-    in creation order, with one audit entry per user."""
+    """A new invite for every enabled user (optionally: only those without an active device,
+    only those in ``user_ids``), in creation order, with one audit entry per user."""
     condition = (
         " AND NOT EXISTS (SELECT 1 FROM devices d"
         " WHERE d.user_id = users.user_id AND d.revoked_ms IS NULL)"
@@ -323,11 +346,93 @@ def bulk_invites(
         " ORDER BY created_ms, rowid"
     )
     result: list[tuple[User, Invite]] = []
+    wanted = None if user_ids is None else frozenset(user_ids)
     for row in rows:
         user = _user(row)
+        if wanted is not None and user.user_id not in wanted:
+            continue
         result.append((user, _new_invite(tx, user.user_id, now_ms, ttl_ms, new_code)))
         _write_audit(tx, audit, user.user_id)
     return result
+
+
+def import_users(
+    tx: Tx,
+    rows: Sequence[ImportRow],
+    now_ms: int,
+    invite_ttl_ms: int,
+    new_user_id: Callable[[], str],
+    new_code: Callable[[], str],
+    audit: AuditNote | None = None,
+) -> list[ImportedUser]:
+    """Match or create a user per row (see Store.import_users)."""
+    given = [r.external_id for r in rows if r.external_id is not None]
+    if len(set(given)) != len(given):
+        twice = next(x for x, n in Counter(given).items() if n > 1)
+        raise ValueError(f"external_id {twice!r} is given twice")
+    results: list[ImportedUser | None] = [None] * len(rows)
+    taken: set[str] = set()
+    for i in range(0, len(given), _IN_CHUNK):
+        chunk = given[i : i + _IN_CHUNK]
+        found = tx.all(
+            f"SELECT {_USER_COLS} FROM users WHERE deleted = 0 AND external_id IN"
+            f" ({', '.join('?' * len(chunk))})",
+            chunk,
+        )
+        by_external = {str(r[5]): _user(r) for r in found}
+        for index, row in enumerate(rows):
+            user = by_external.get(row.external_id or "")
+            if user is not None:
+                results[index] = ImportedUser(user, created=False, invite=None)
+                taken.add(user.user_id)
+    # The rest match by name: the k-th row with a name, the k-th oldest such user.
+    names = sorted({rows[i].name for i, r in enumerate(results) if r is None})
+    candidates: dict[str, list[User]] = {}
+    for i in range(0, len(names), _IN_CHUNK):
+        chunk = names[i : i + _IN_CHUNK]
+        found = tx.all(
+            f"SELECT {_USER_COLS} FROM users WHERE deleted = 0 AND external_id IS NULL"
+            f" AND name IN ({', '.join('?' * len(chunk))}) ORDER BY created_ms, rowid",
+            chunk,
+        )
+        for r in found:
+            user = _user(r)
+            if user.user_id not in taken:
+                candidates.setdefault(user.name, []).append(user)
+    queues = {name: iter(users) for name, users in candidates.items()}
+    for index, row in enumerate(rows):
+        if results[index] is not None:
+            continue
+        user = next(queues.get(row.name, iter(())), None)
+        if user is None:
+            continue
+        if row.external_id is None:
+            results[index] = ImportedUser(user, created=False, invite=None)
+            continue
+        tx.execute(
+            "UPDATE users SET external_id = ? WHERE user_id = ?", (row.external_id, user.user_id)
+        )
+        if audit is not None:
+            link = dataclasses.replace(audit, action="user.link")
+            _write_audit(tx, link, user.user_id, extra={"external_id": row.external_id})
+        linked = dataclasses.replace(user, external_id=row.external_id)
+        results[index] = ImportedUser(linked, created=False, invite=None, linked=True)
+    for index, row in enumerate(rows):
+        if results[index] is not None:
+            continue
+        user, invite = create_user(tx, row.name, now_ms, invite_ttl_ms, new_user_id, new_code)
+        if row.external_id is not None:
+            tx.execute(
+                "UPDATE users SET external_id = ? WHERE user_id = ?",
+                (row.external_id, user.user_id),
+            )
+            user = dataclasses.replace(user, external_id=row.external_id)
+        extra: dict[str, Any] = {"name": row.name}
+        if row.external_id is not None:
+            extra["external_id"] = row.external_id
+        _write_audit(tx, audit, user.user_id, extra=extra)
+        results[index] = ImportedUser(user, created=True, invite=invite)
+    return [r for r in results if r is not None]
 
 
 # -- finding users ---------------------------------------------------------------------------
@@ -402,19 +507,20 @@ def find_users(tx: Tx, query: UserQuery, after: str | None, limit: int) -> UserP
             (*values, chunk),
         )
         for row in rows:
-            position = (int(row[2]), int(row[5]))
+            position = (int(row[2]), int(row[_NUSER]))
             user = _user(row)
             if filtered and not (
                 (needle is not None and needle in fold_text(user.name))
                 or (fragment is not None and fragment in user.user_id)
+                or (needle is not None and needle == fold_text(user.external_id or ""))
             ):
                 continue
             summary = UserSummary(
                 user=user,
-                active_devices=int(row[6]),
-                devices=int(row[7]),
-                last_seen_ms=None if row[8] is None else int(row[8]),
-                mailbox=int(row[9]),
+                active_devices=int(row[_NUSER + 1]),
+                devices=int(row[_NUSER + 2]),
+                last_seen_ms=None if row[_NUSER + 3] is None else int(row[_NUSER + 3]),
+                mailbox=int(row[_NUSER + 4]),
             )
             found.append((summary, position))
             if len(found) > limit:
@@ -603,6 +709,7 @@ def revoke_device(
     pk, _ = _device_pk(tx, user_id, device_id)
     _drop_mailbox(tx, pk, now_ms)
     tx.execute("DELETE FROM prekeys WHERE device_pk = ?", (pk,))
+    tx.execute("DELETE FROM push_targets WHERE device_pk = ?", (pk,))
     tx.execute("UPDATE devices SET revoked_ms = coalesce(revoked_ms, ?) WHERE pk = ?", (now_ms, pk))
     if audit is not None and audit.target is None:
         audit = dataclasses.replace(audit, target=display_device(user_id, device_id))
@@ -650,6 +757,7 @@ def enqueue(
     now_ms: int,
     max_per_device: int,
     blob_ids: Sequence[bytes] = (),
+    urgent: bool = False,
 ) -> EnqueueResult:
     """Store one message for all recipients or for none (see Store.enqueue)."""
     if not recipients:
@@ -671,7 +779,8 @@ def enqueue(
             raise _refuse_recipient(tx, r, max_per_device)
         slots.append((int(slot[0]), int(slot[1])))
     row = tx.one(
-        "INSERT INTO payloads (data, refs) VALUES (?, ?) RETURNING id", (payload, len(slots))
+        "INSERT INTO payloads (data, refs, urgent) VALUES (?, ?, ?) RETURNING id",
+        (payload, len(slots), int(urgent)),
     )
     assert row is not None
     payload_id = int(row[0])
@@ -700,12 +809,15 @@ def fetch(tx: Tx, user_id: str, device_id: int, after_seq: int, limit: int) -> l
     if limit <= 0 or after_seq >= MAX_INT64:
         return []
     rows = tx.all(
-        "SELECT m.seq, m.message_id, m.server_ts_ms, p.data, m.part"
+        "SELECT m.seq, m.message_id, m.server_ts_ms, p.data, m.part, p.urgent"
         " FROM mailbox m JOIN payloads p ON p.id = m.payload_id"
         " WHERE m.device_pk = ? AND m.seq > ? ORDER BY m.seq LIMIT ?",
         (pk, max(after_seq, 0), min(limit, MAX_INT64)),
     )
-    return [MailboxEntry(int(r[0]), bytes(r[1]), int(r[2]), bytes(r[3]), bytes(r[4])) for r in rows]
+    return [
+        MailboxEntry(int(r[0]), bytes(r[1]), int(r[2]), bytes(r[3]), bytes(r[4]), bool(r[5]))
+        for r in rows
+    ]
 
 
 def ack(tx: Tx, user_id: str, device_id: int, seqs: Sequence[int], now_ms: int) -> int:
@@ -937,12 +1049,14 @@ def _store_fanout(
     payload: bytes,
     parts: Mapping[tuple[str, int], bytes],
     now_ms: int,
+    urgent: bool = False,
 ) -> int | None:
     """Store the payload once and a mailbox row per claimed device; the payload's id."""
     if not claimed:
         return None
     row = tx.one(
-        "INSERT INTO payloads (data, refs) VALUES (?, ?) RETURNING id", (payload, len(claimed))
+        "INSERT INTO payloads (data, refs, urgent) VALUES (?, ?, ?) RETURNING id",
+        (payload, len(claimed), int(urgent)),
     )
     assert row is not None
     payload_id = int(row[0])
@@ -1182,6 +1296,7 @@ def enqueue_conv(
     blob_ids: Sequence[bytes],
     now_ms: int,
     max_per_device: int,
+    urgent: bool = False,
 ) -> EnqueueResult:
     """Store one conversation message and fan it out (see Store.enqueue_conv)."""
     uid, _did = sender
@@ -1216,7 +1331,7 @@ def enqueue_conv(
         for r in parts:
             if (r.user_id, r.device_id) not in targets:
                 raise UnknownRecipient(r.user_id, r.device_id)
-    payload_id = _store_fanout(tx, claimed, message_id, payload, by_device, now_ms)
+    payload_id = _store_fanout(tx, claimed, message_id, payload, by_device, now_ms, urgent)
     if blob_ids and payload_id is not None:
         readers = sorted({str(r[1]) for r in claimed})
         attach_blobs(tx, uid, payload_id, readers, blob_ids, now_ms)

@@ -110,6 +110,15 @@ class FakeStore:
         self._audit(audit, user_id)
         return user
 
+    async def set_user_bot(
+        self, user_id: str, bot: bool, *, audit: AuditNote | None = None
+    ) -> User:
+        self._check()
+        user = dataclasses.replace(self._user(user_id), bot=bot)
+        self.users[user_id] = user
+        self._audit(audit, user_id)
+        return user
+
     async def rename_user(self, user_id: str, name: str, *, audit: AuditNote | None = None) -> User:
         self._check()
         old = self._user(user_id)
@@ -253,6 +262,9 @@ class FakeStore:
         self.devices[(user_id, device_id)] = device
         self._audit(audit, user_id, target=display_device(user_id, device_id))
         return device
+
+    async def list_conversations(self, user_id: str | None = None) -> list[Any]:
+        return []  # groups: see test_admin_groups.py and test_admin_import.py (real store)
 
     async def stats(self) -> StoreStats:
         self._check()

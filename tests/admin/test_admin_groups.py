@@ -146,6 +146,9 @@ async def test_group_lifecycle_pushes_events_to_member_devices(proc: DaemonProce
         "group.update",
         "group.delete",
     ]
+    org = admin_call(proc.socket, "audit.list", action="org.")["entries"]
+    assert [e["action"] for e in org] == ["org.key.put"]
+    assert {e["uid"] for e in audit + org} == {os.geteuid()}  # the caller, from SO_PEERCRED
 
 
 def test_group_commands_refuse_clearly(proc: DaemonProcess) -> None:

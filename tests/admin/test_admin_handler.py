@@ -56,6 +56,8 @@ async def test_user_add_returns_display_id_and_invite_link(control, handler):
         "devices": 0,
         "last_seen": None,
         "mailbox": 0,
+        "external_id": None,
+        "bot": False,
     }
     assert control.store.users[uid].name == "Anna Schmidt"
     assert invite["expires"] == "2026-12-06T19:00:00Z"  # 168 h default
@@ -306,3 +308,11 @@ async def test_changes_are_logged_with_caller_uid_but_never_invite_codes(control
     for code in (added["invite"]["code"], invite["invite"]["code"]):
         assert code not in text
     assert "Ben" not in text
+
+
+async def test_user_bot_sets_and_clears_the_flag_and_user_add_takes_it(control, handler):
+    bot = (await ok(handler, "user.add", name="Hausmeister-Bot", bot=True))["user"]
+    assert bot["bot"] is True
+    cleared = await ok(handler, "user.bot", user_id=bot["user_id"], bot=False)
+    assert cleared["user"]["bot"] is False
+    assert control.store.users[userid.normalize(bot["user_id"])].bot is False

@@ -616,7 +616,7 @@ async def test_momedoctl_invites_export(live, capsys, short_dir):
     assert [i["name"] for i in json.loads(out)["invites"]] == ["Cleo"]
 
     code, out, err = await momedoctl(capsys, *cfg, "invites", "export", "--group", "5a")
-    assert (code, out, err) == (1, "", "momedoctl: groups are not available in this version\n")
+    assert (code, out, err) == (1, "", "momedoctl: no group '5a' (see momedoctl group list)\n")
     code, _, err = await momedoctl(
         capsys, *cfg, "invites", "export", "-o", str(short_dir / "no" / "such" / "dir.csv")
     )

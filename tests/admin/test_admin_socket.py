@@ -153,6 +153,8 @@ async def test_user_show_and_device_revoke(admin, capsys):
         "",
         "DEVICE  NAME     CREATED               LAST SEEN  QUEUED  STATUS",
         "     1  Pixel 7  2026-11-29 18:00 UTC  never           2  active",
+        "",
+        "Not in any group or channel.",
     ]
 
     code, out, _ = await momedoctl(capsys, "-c", str(admin.config), "device", "revoke", shown, "1")

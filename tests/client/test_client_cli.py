@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from support import VENV_BIN, DaemonProcess, admin_call, free_port
@@ -17,6 +18,11 @@ def momedo(profile: Path, *args: str, json_out: bool = False) -> subprocess.Comp
     if json_out:
         cmd.append("--json")
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=60)
+
+
+def momedoctl(proc: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [str(VENV_BIN / "momedoctl"), "-c", str(proc.config_path), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 
 def ok(res: subprocess.CompletedProcess[str]) -> str:
@@ -207,5 +213,57 @@ def test_cli_link_tablet_and_remove_it(tmp_path):
         ok(momedo(bob, "send", a_id, "after removal"))
         assert ok(momedo(alice, "recv")).splitlines() == [f"{b_id} (device 1): after removal"]
         assert ok(momedo(tablet, "recv")) == ""
+    finally:
+        proc.stop()
+
+
+def _day_after_tomorrow() -> str:
+    return (datetime.now(UTC) + timedelta(days=2)).strftime("%a")
+
+
+def test_cli_urgent_messages_and_the_quiet_hours_status(tmp_path):
+    proc = DaemonProcess(tmp_path, free_port())
+    proc.start()
+    try:
+        users = {}
+        for name in ("Alice", "Bob"):
+            link = admin_call(proc.socket, "user.add", name=name)["invite"]["link"]
+            prof = tmp_path / name.lower()
+            out = json.loads(ok(momedo(prof, "enroll", link, "--name", name, json_out=True)))
+            users[name] = (prof, out["user_id"])
+        (alice, a_id), (bob, b_id) = users["Alice"], users["Bob"]
+        # The operator: Bob has quiet hours except one minute a week, on the day after
+        # tomorrow (so the test never runs inside it); only Alice may send
+        # urgent messages.
+        assert "No quiet-hours policies" in ok(momedoctl(proc, "quiet", "list"))
+        window = f"{_day_after_tomorrow()} 00:00-00:01 UTC"
+        out = ok(momedoctl(proc, "quiet", "set", "staff", window, "--user", b_id))
+        assert out == f"Policy staff: working window {window}.\n"
+        assert ok(momedoctl(proc, "urgent", "user", a_id, "on")) == (
+            f"{a_id} may now send urgent messages.\n"
+        )
+        listed = ok(momedoctl(proc, "quiet", "list")).splitlines()
+        assert listed[0].startswith(f"staff: {window} (")
+        assert listed[1] == f"  applies to: {b_id}"
+        assert listed[-1] == f"May send urgent messages: {a_id}"
+        bad = momedoctl(proc, "quiet", "set", "x", "Mon-Fri 7-18 Europe/Berlin")
+        assert bad.returncode != 0 and "expected a time HH:MM" in bad.stderr
+
+        ok(momedo(alice, "send", b_id, "minutes of the meeting"))
+        ok(momedo(alice, "send", "--urgent", b_id, "fire drill at 8"))
+        assert ok(momedo(bob, "recv")).splitlines() == [
+            f"{a_id} (device 1): minutes of the meeting",
+            f"URGENT {a_id} (device 1): fire drill at 8",
+        ]
+        res = momedo(alice, "recv")
+        assert res.returncode == 0 and res.stderr.count("delivered to their phone after") == 1
+        refused = momedo(bob, "send", "--urgent", a_id, "me too")
+        assert refused.returncode != 0 and "may not send urgent" in refused.stderr
+        # Bob's own setting adds quiet time; the operator sees it.
+        ok(momedo(bob, "quiet", "set", "Mon-Fri 08:00-16:00 Europe/Berlin"))
+        listed = ok(momedoctl(proc, "quiet", "list"))
+        assert f"user:{normalize(b_id)}: Mon-Fri 08:00-16:00 Europe/Berlin" in listed
+        ok(momedo(bob, "quiet", "clear"))
+        assert "user:" not in ok(momedoctl(proc, "quiet", "list"))
     finally:
         proc.stop()

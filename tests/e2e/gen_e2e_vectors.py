@@ -20,6 +20,7 @@ import vectors_crypto
 import vectors_groups
 import vectors_identity
 import vectors_link
+import vectors_rich
 
 VECTORS = Path(__file__).resolve().parents[2] / "docs" / "test-vectors" / "e2e.json"
 
@@ -33,6 +34,7 @@ def build(previous: dict[str, Any] | None) -> dict[str, Any]:
         "roster": vectors_groups.roster_vectors(previous.get("roster") if previous else None),
         "multi": vectors_groups.multi_vectors(previous.get("multi") if previous else None),
         "attachment": vectors_groups.attachment_vectors(),
+        "rich": vectors_rich.vectors(),
     }
 
 

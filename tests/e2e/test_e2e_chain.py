@@ -251,7 +251,7 @@ def test_unknown_content_type_is_rejected() -> None:
     sending, receiving = pair()
     with pytest.raises(ValueError):
         send(sending, 0, ct=0)
-    assert rejected(receiving, raw_envelope(receiving, 0, content_type=11)) == "content_type"
+    assert rejected(receiving, raw_envelope(receiving, 0, content_type=12)) == "content_type"
 
 
 def test_member_cannot_send_as_the_chain_owner() -> None:

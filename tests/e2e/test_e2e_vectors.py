@@ -9,6 +9,7 @@ import vectors_crypto
 import vectors_groups
 import vectors_identity
 import vectors_link
+import vectors_rich
 
 
 def test_every_committed_vector_opens_and_verifies_with_the_library() -> None:
@@ -19,6 +20,7 @@ def test_every_committed_vector_opens_and_verifies_with_the_library() -> None:
     vectors_groups.check_roster(data["roster"])
     vectors_groups.check_multi(data["multi"])
     vectors_groups.check_attachment(data["attachment"])
+    vectors_rich.check(data["rich"])
 
 
 def test_regenerating_from_the_fixed_seeds_gives_the_committed_file() -> None:

@@ -260,5 +260,5 @@ async def test_invites_export_csv_and_html_letters(proc, tmp_path):
     bad = await momedoctl(proc, "invites", "export", "--group", "5a")
     assert (bad.returncode, bad.stderr) == (
         1,
-        "momedoctl: groups are not available in this version\n",
+        "momedoctl: no group '5a' (see momedoctl group list)\n",
     )

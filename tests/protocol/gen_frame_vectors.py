@@ -41,8 +41,10 @@ from momedod.protocol.frames import (
     ConvPut,
     Convs,
     ConvSend,
+    ConvSendUrgent,
     ConvSummary,
     Deliver,
+    DeliverUrgent,
     Drained,
     Enroll,
     Error,
@@ -59,9 +61,14 @@ from momedod.protocol.frames import (
     Ping,
     Pong,
     Prekey,
+    PushClear,
+    PushDropped,
+    PushSet,
+    QuietSet,
     Recipient,
     Send,
     SendBlobs,
+    SendUrgent,
     Welcome,
     encode_frame,
 )
@@ -397,6 +404,32 @@ def frame_vectors() -> list[tuple[str, Frame]]:
                 b"",
             ),
         ),
+        ("push_set_unifiedpush", PushSet(28, 1, 1, "https://ntfy.example.org/upAbC123?up=1")),
+        ("push_set_gateway", PushSet(29, 2, 0, "fcm:opaque-token-42")),
+        ("push_clear", PushClear(30)),
+        ("quiet_set", QuietSet(33, 0b0011111, False, 8 * 60, 16 * 60, "Europe/Berlin")),
+        ("quiet_set_clear", QuietSet(34, 0, False, 0, 0, "")),
+        ("push_dropped", PushDropped(0, 1, 410, 1_764_000_000_000)),
+        (
+            "send_urgent",
+            SendUrgent(31, MESSAGE_ID, b"sealed payload", (Recipient(USER_ID, 1, b""),)),
+        ),
+        ("conv_send_urgent", ConvSendUrgent(32, MESSAGE_ID, CONV_ID, b"sealed payload", ())),
+        (
+            "deliver_urgent",
+            DeliverUrgent(0, 20, MESSAGE_ID, 1_764_000_000_000, b"sealed payload", b""),
+        ),
+        (
+            "deliver_held_event",
+            Deliver(
+                0,
+                21,
+                bytes.fromhex("5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f"),
+                1_764_000_000_000,
+                conv_event(4, MESSAGE_ID, 1_764_050_400_000),
+                b"",
+            ),
+        ),
     ]
 
 
@@ -449,6 +482,14 @@ def must_fail_vectors() -> list[tuple[str, bytes, ErrorCode]]:
             m,
         ),
         ("ok_with_body", raw_frame(0x07, 5, b"\x00"), m),
+        ("push_set_kind_3", raw_frame(0x50, 28, b"\x03\x00" + _bytes(b"x")), m),
+        ("push_set_device_kind_2", raw_frame(0x50, 28, b"\x01\x02" + _bytes(b"x")), m),
+        ("push_set_empty_target", raw_frame(0x50, 28, b"\x01\x00" + _bytes(b"")), m),
+        ("push_set_target_2049_bytes", raw_frame(0x50, 28, b"\x01\x00" + _bytes(b"h" * 2049)), m),
+        ("push_clear_with_body", raw_frame(0x51, 30, b"\x00"), m),
+        ("quiet_set_days_bit_7", raw_frame(0x56, 33, b"\x80\x00\x01\xe0\x03\xc0" + _bytes(b"")), m),
+        ("quiet_set_flags_2", raw_frame(0x56, 33, b"\x1f\x02\x01\xe0\x03\xc0" + _bytes(b"")), m),
+        ("quiet_set_end_1441", raw_frame(0x56, 33, b"\x1f\x00\x01\xe0\x05\xa1" + _bytes(b"")), m),
         (
             "enroll_transport_pub_31_bytes",
             raw_frame(
