@@ -403,7 +403,7 @@ class MomedoTui(App[int]):
         self.push_screen(AuditScreen(self.client))
 
     def action_show_quiet(self) -> None:
-        """Show the quiet-hours policies and who may send urgent messages."""
+        """Show (and change) the quiet-hours policies and who may send urgent messages."""
         self.push_screen(QuietScreen(self.client))
 
     def action_reload(self) -> None:

@@ -1,10 +1,11 @@
 """The modal screens of momedo-tui: ask for a name, confirm, show an invite with its QR code,
-list a user's devices (and revoke one), show the audit log."""
+list a user's devices (and revoke one), show the audit log, show and change quiet hours."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable
+from typing import Any
 
 import segno
 from rich.style import Style
@@ -14,10 +15,11 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.css.query import NoMatches
 from textual.screen import ModalScreen
-from textual.widgets import DataTable, Footer, Input, Static
+from textual.widgets import Checkbox, DataTable, Footer, Input, Static
 
 from momedo_tui.client import AdminClient, ConnectionProblem
 from momedod.admin.protocol import AdminError, AuditInfo, DeviceInfo
+from momedod.protocol import userid
 
 
 async def until_closed(work: Awaitable[object]) -> None:
@@ -44,6 +46,9 @@ __all__ = [
     "DevicesScreen",
     "InviteScreen",
     "NameScreen",
+    "OnOffScreen",
+    "QuietFormScreen",
+    "QuietScreen",
     "fit",
     "qr_text",
     "short_time",
@@ -91,16 +96,19 @@ class NameScreen(ModalScreen[str | None]):
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, prompt: str, placeholder: str = "Name") -> None:
+    def __init__(
+        self, prompt: str, placeholder: str = "Name", hint: str = "Enter: create   Esc: cancel"
+    ) -> None:
         super().__init__()
         self.prompt = prompt
         self.placeholder = placeholder
+        self.hint = hint
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Static(self.prompt)
             yield Input(placeholder=self.placeholder, id="name")
-            yield Static("Enter: create   Esc: cancel", classes="hint")
+            yield Static(self.hint, classes="hint")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         name = event.value.strip()
@@ -363,10 +371,159 @@ class AuditScreen(ModalScreen[None]):
         self.dismiss(None)
 
 
-class QuietScreen(ModalScreen[None]):
-    """Quiet-hours policies and who may send urgent messages (edit with momedoctl quiet)."""
+def split_users(text: str) -> list[str]:
+    """User IDs typed into the form: separated by commas and/or spaces."""
+    return [u for u in text.replace(",", " ").split() if u]
+
+
+def split_groups(text: str) -> list[str]:
+    """Group names typed into the form: separated by commas (a name may contain spaces)."""
+    return [g.strip() for g in text.split(",") if g.strip()]
+
+
+def defer_label(defer: bool) -> str:
+    """The defer box's label says its state in words (a text snapshot shows no colours)."""
+    if defer:
+        return "yes: phones show messages only when the window opens"
+    return "no: phones are not woken; an open app still shows messages"
+
+
+class QuietFormScreen(ModalScreen[dict[str, Any] | None]):
+    """Add or edit a quiet-hours policy; dismisses with the ``quiet.set`` arguments or None.
+
+    The daemon checks the window (and that users and groups exist); its answer goes to the
+    quiet-hours screen's status line.
+    """
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, policy: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def compose(self) -> ComposeResult:
+        p = self.policy or {}
+        with Vertical(classes="dialog", id="quiet-form"):
+            yield Static(Text("Edit policy" if p else "New quiet-hours policy", style="bold"))
+            with Horizontal(classes="field"):
+                yield Static("Name", classes="label")
+                yield Input(
+                    p.get("name", ""),
+                    placeholder="e.g. Kollegium",
+                    id="q-name",
+                    compact=True,
+                    disabled=bool(p),
+                )
+            with Horizontal(classes="field"):
+                yield Static("Window", classes="label")
+                yield Input(
+                    p.get("window", ""),
+                    placeholder="e.g. Mon-Fri 07:00-18:00 Europe/Berlin",
+                    id="q-window",
+                    compact=True,
+                )
+            with Horizontal(classes="field"):
+                yield Static("Defer", classes="label")
+                defer = bool(p.get("defer_delivery", False))
+                yield Checkbox(
+                    defer_label(defer),
+                    defer,
+                    id="q-defer",
+                    compact=True,
+                )
+            with Horizontal(classes="field"):
+                yield Static("Users", classes="label")
+                yield Input(
+                    " ".join(p.get("users", [])),
+                    placeholder="user IDs, e.g. M8N2-2HTR GSRZ-2T7A",
+                    id="q-users",
+                    compact=True,
+                )
+            with Horizontal(classes="field"):
+                yield Static("Groups", classes="label")
+                yield Input(
+                    ", ".join(p.get("groups", [])),
+                    placeholder="group names, comma separated",
+                    id="q-groups",
+                    compact=True,
+                )
+            yield Static(id="q-note", classes="hint")
+            yield Static(
+                "Enter: save   Tab: next   Space: defer on/off   Esc: cancel", classes="hint"
+            )
+
+    def on_mount(self) -> None:
+        self.query_one("#q-window" if self.policy else "#q-name", Input).focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.action_save()
+
+    def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
+        event.checkbox.label = defer_label(event.value)
+
+    def action_save(self) -> None:
+        name = self.query_one("#q-name", Input).value.strip()
+        window = self.query_one("#q-window", Input).value.strip()
+        if not name or not window:
+            self.query_one("#q-note", Static).update(Text("Name and window are needed."))
+            return
+        self.dismiss(
+            {
+                "name": name,
+                "window": window,
+                "defer_delivery": self.query_one("#q-defer", Checkbox).value,
+                "users": split_users(self.query_one("#q-users", Input).value),
+                "groups": split_groups(self.query_one("#q-groups", Input).value),
+            }
+        )
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class OnOffScreen(ModalScreen[bool | None]):
+    """Turn something on (``o``) or off (``f``); dismisses with True, False or None (Esc)."""
 
     BINDINGS = [
+        Binding("o", "answer(True)", "On"),
+        Binding("f", "answer(False)", "Off"),
+        Binding("escape", "cancel", "Cancel"),
+    ]
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Static(Text(self.question))
+            yield Static("o: on   f: off   Esc: cancel", classes="hint")
+
+    def action_answer(self, on: bool) -> None:
+        self.dismiss(on)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+def urgent_target(text: str) -> dict[str, str]:
+    """``urgent.set``'s target for what was typed: a user ID if it is one, else a group."""
+    try:
+        return {"user_id": userid.normalize(text)}
+    except ValueError:
+        return {"group": text}
+
+
+class QuietScreen(ModalScreen[None]):
+    """Quiet-hours policies and who may send urgent messages; add, edit and delete policies
+    and allow or stop urgent senders (as momedoctl quiet / urgent do)."""
+
+    BINDINGS = [
+        Binding("n", "new", "New"),
+        Binding("e", "edit", "Edit"),
+        Binding("x", "delete", "Delete"),
+        Binding("u", "urgent", "Urgent"),
         Binding("r", "reload", "Refresh"),
         Binding("escape", "close", "Close"),
     ]
@@ -374,16 +531,18 @@ class QuietScreen(ModalScreen[None]):
     def __init__(self, client: AdminClient) -> None:
         super().__init__()
         self.client = client
+        self.policies: list[dict[str, Any]] = []
+        self.urgent: list[str] = []
 
     def compose(self) -> ComposeResult:
         with Vertical(id="quiet-box", classes="listing"):
             yield DataTable(id="quiet", cursor_type="row", zebra_stripes=True)
             yield Static(id="quiet-urgent")
+            yield Static(id="quiet-note", classes="hint")
             yield Static(
-                "Change: momedoctl quiet set NAME WINDOW, momedoctl urgent user|group ...",
+                "n: new  e: edit  x: delete  u: urgent on/off  r: refresh  Esc: close",
                 classes="hint",
             )
-            yield Static("r: refresh   Esc: close", classes="hint")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -412,7 +571,11 @@ class QuietScreen(ModalScreen[None]):
         except (KeyError, TypeError) as e:
             note.update(Text(f"unexpected reply from momedod ({e!r})"))
             return
+        self.policies, self.urgent = policies, urgent
         table = self.query_one("#quiet", DataTable)
+        selected = None
+        if table.row_count:
+            selected = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
         table.clear()
         for p in policies:
             whom = ", ".join([*p["users"], *p["groups"]]) or "nobody"
@@ -424,10 +587,95 @@ class QuietScreen(ModalScreen[None]):
                 whom,
                 key=p["name"],
             )
+        if selected is not None and selected in table.rows:
+            table.move_cursor(row=table.get_row_index(selected))
         if not policies:
             note.update(Text("No policies: messages wake phones at any time."))
         else:
             note.update(Text(f"May send urgent messages: {', '.join(urgent) or 'nobody'}"))
+
+    def _note(self, message: str) -> None:
+        self.query_one("#quiet-note", Static).update(Text(message))
+
+    async def _change(self, cmd: str, done: str, **args: Any) -> None:
+        """Run one changing command, say how it went, and load the list again."""
+        try:
+            await self.client.call(cmd, **args)
+        except (ConnectionProblem, AdminError) as e:
+            self._note(f"{cmd} failed: {e}")
+        else:
+            self._note(done)
+        await self._load()
+
+    def _selected(self) -> dict[str, Any] | None:
+        table = self.query_one("#quiet", DataTable)
+        if not table.row_count:
+            self._note("No policy selected.")
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return next((p for p in self.policies if p["name"] == key), None)
+
+    def _open_form(self, policy: dict[str, Any] | None) -> None:
+        def saved(args: dict[str, Any] | None) -> None:
+            if args:
+                done = f"Saved policy {args['name']}."
+                self.run_worker(until_closed(self._change("quiet.set", done, **args)))
+
+        self.app.push_screen(QuietFormScreen(policy), saved)
+
+    def action_new(self) -> None:
+        """Add a policy (the form asks for name, window, defer, users and groups)."""
+        self._open_form(None)
+
+    def action_edit(self) -> None:
+        """Change the selected policy."""
+        policy = self._selected()
+        if policy is None:
+            return
+        if policy.get("source") == "config":
+            self._note(f"{policy['name']} is set in the configuration file; change it there.")
+            return
+        self._open_form(policy)
+
+    def action_delete(self) -> None:
+        """Delete the selected policy after a confirmation."""
+        policy = self._selected()
+        if policy is None:
+            return
+        name = str(policy["name"])
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                done = f"Deleted policy {name}."
+                self.run_worker(until_closed(self._change("quiet.delete", done, name=name)))
+
+        question = f"Delete the quiet-hours policy {name}? Its people get messages at any time."
+        self.app.push_screen(ConfirmScreen(question), confirmed)
+
+    def action_urgent(self) -> None:
+        """Ask for a user ID or group name, then allow it to send urgent messages or stop it."""
+
+        def named(text: str | None) -> None:
+            if not text:
+                return
+            target = urgent_target(text)
+            shown = userid.display(target["user_id"]) if "user_id" in target else text
+            now = "may" if shown in self.urgent else "may not"
+
+            def chosen(on: bool | None) -> None:
+                if on is not None:
+                    done = f"{shown} {'may' if on else 'may not'} send urgent messages."
+                    self.run_worker(
+                        until_closed(self._change("urgent.set", done, allowed=on, **target))
+                    )
+
+            question = f"{shown} {now} send urgent messages now. Allow it?"
+            self.app.push_screen(OnOffScreen(question), chosen)
+
+        prompt = "User ID or group name (urgent messages pass quiet hours):"
+        self.app.push_screen(
+            NameScreen(prompt, "M8N2-2HTR or Notfall", hint="Enter: next   Esc: cancel"), named
+        )
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -238,6 +238,39 @@ GROUP_MEMBERS: list[dict[str, Any]] = [
 ]
 
 
+QUIET_POLICIES: list[dict[str, Any]] = [
+    {
+        "name": "Kollegium",
+        "window": "Mon-Fri 07:00-18:00 Europe/Berlin",
+        "defer_delivery": True,
+        "users": [],
+        "groups": ["Lehrerzimmer"],
+        "source": "operator",
+        "open_now": True,
+    },
+    {
+        "name": "Verwaltung",
+        "window": "Mon-Thu 07:30-16:00 Europe/Berlin",
+        "defer_delivery": False,
+        "users": ["M8N2-2HTR", "T4KP-9WQE"],
+        "groups": [],
+        "source": "config",
+        "open_now": False,
+    },
+    {
+        "name": "user:GSRZ-2T7A",
+        "window": "Mon-Fri 08:00-15:00 Europe/Berlin",
+        "defer_delivery": False,
+        "users": ["GSRZ-2T7A"],
+        "groups": [],
+        "source": "user",
+        "open_now": True,
+    },
+]
+
+QUIET_URGENT: dict[str, list[str]] = {"users": ["GSRZ-2T7A"], "groups": ["Eltern 5a"]}
+
+
 def default_replies() -> dict[str, Reply]:
     """Answers for every command the console uses; tests replace entries as they need."""
     invite = {"code": "DQA1ZZGQBB0YBS007ZJ2", "link": LINK, "expires": "2026-12-08T10:15:00Z"}
@@ -265,6 +298,13 @@ def default_replies() -> dict[str, Reply]:
         "device.revoke": lambda args: {"device": DEVICES[0]},
         "audit.list": {"entries": AUDIT, "next": None},
         "group.list": {"groups": GROUPS},
+        "quiet.list": {"policies": QUIET_POLICIES, "urgent": QUIET_URGENT},
+        "quiet.set": lambda args: {"policy": {**args, "source": "operator"}},
+        "quiet.delete": lambda args: {"deleted": args["name"]},
+        "urgent.set": lambda args: {
+            "target": args.get("user_id") or args["group"],
+            "allowed": True,
+        },
         # the roster is left out: the snapshots show groups, changes are tested on momedod
         "group.show": lambda args: {
             "group": next(g for g in GROUPS if g["conv_id"] == args["group"]),

@@ -35,6 +35,9 @@ from momedo_tui.screens import (
     DevicesScreen,
     InviteScreen,
     NameScreen,
+    OnOffScreen,
+    QuietFormScreen,
+    QuietScreen,
 )
 
 Scenario = Callable[[Pilot[int], MomedoTui, FakeAdmin], Awaitable[None]]
@@ -230,6 +233,28 @@ def test_snapshot_groups(sockdir: Path) -> None:
 
     # nothing is changed, so the key file is never read: a fixed path for a fixed screen
     run(sockdir, scenario, org_key=Path("/etc/momedo/org.key"))
+
+
+def test_snapshot_quiet_hours(sockdir: Path) -> None:
+    async def scenario(pilot: Pilot[int], app: MomedoTui, fake: FakeAdmin) -> None:
+        await settle(pilot, app, *MAIN_READY)
+        await pilot.press("h")
+        await wait_for_screen(pilot, app, QuietScreen)
+        check("quiet", app, await settle(pilot, app, "Quiet hours", "Eltern 5a"))
+        await pilot.press("e")  # the first row: Kollegium
+        await wait_for_screen(pilot, app, QuietFormScreen)
+        check("quiet_form", app, await settle(pilot, app, "Edit policy", "Lehrerzimmer"))
+        await pilot.press("escape", "n")
+        await wait_for_screen(pilot, app, QuietFormScreen)
+        check("quiet_form_new", app, await settle(pilot, app, "New quiet-hours policy"))
+        await pilot.press("escape", "u")
+        await wait_for_screen(pilot, app, NameScreen)
+        await pilot.press(*"gsrz-2t7a", "enter")
+        await wait_for_screen(pilot, app, OnOffScreen)
+        check("quiet_urgent", app, await settle(pilot, app, "GSRZ-2T7A may send urgent"))
+        assert not [r for r in fake.requests if r[0] != "quiet.list" and r[0].startswith("q")]
+
+    run(sockdir, scenario)
 
 
 def test_snapshot_daemon_missing(sockdir: Path) -> None:
