@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest clean fuzz test-long
+.PHONY: run test lint typecheck pytest clean fuzz test-long bench bench-quick
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -75,3 +75,10 @@ wheelhouse:
 
 check-unit:
 	@sh scripts/check-unit.sh '$(UNIT)'
+
+# Every benchmark figure of issue 7 with its target (docs/PERFORMANCE.md); bench-quick is smaller.
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python bench/run_all.py --quick

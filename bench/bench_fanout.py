@@ -40,18 +40,21 @@ from momedod.e2e.roster import KIND_CHANNEL, ROLE_ADMIN, ROLE_MEMBER, Roster, si
 from momedod.protocol import frames as f
 
 
-def add_users(sock: Path, n: int) -> None:
-    """n user.add requests pipelined over one admin connection."""
+def add_users(sock: Path, n: int, chunk: int = 500) -> None:
+    """n user.add requests pipelined over one admin connection, ``chunk`` at a time (all at
+    once would deadlock: both sides block writing once the socket buffers are full)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(60)
         s.connect(str(sock))
         with s.makefile("rwb") as stream:
-            for i in range(n):
-                req = {"id": i, "cmd": "user.add", "args": {"name": f"pupil {i}"}}
-                stream.write(json.dumps(req).encode() + b"\n")
-            stream.flush()
-            for _ in range(n):
-                assert json.loads(stream.readline())["ok"]
+            for start in range(0, n, chunk):
+                end = min(n, start + chunk)
+                for i in range(start, end):
+                    req = {"id": i, "cmd": "user.add", "args": {"name": f"pupil {i}"}}
+                    stream.write(json.dumps(req).encode() + b"\n")
+                stream.flush()
+                for _ in range(start, end):
+                    assert json.loads(stream.readline())["ok"]
 
 
 async def enroll_all(sock: Path, n: int) -> list[Credentials]:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import trio
 
+from momedod import config
 from momedod.client.transport import Credentials, connect, connect_invite
 from momedod.protocol import frames as f
 
@@ -51,6 +52,8 @@ def start_daemon(work: Path) -> tuple[subprocess.Popen[bytes], Path]:
         f'[server]\nstate_dir = "{work / "state"}"\n[[listener]]\naddress = '
         f'"127.0.0.1"\nport = {port}\n[admin]\nsocket = "{sock}"\n'
         f'[log]\nlevel = "warning"\nformat = "json"\n'
+        # All bench clients share 127.0.0.1; lift the per-address cap of builds that have it.
+        + ("[abuse]\nconnections_per_address = 30000\n" if hasattr(config, "AbuseConfig") else "")
     )
     bin_dir = Path(sys.executable).parent
     proc = subprocess.Popen(
