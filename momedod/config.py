@@ -91,6 +91,20 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class AbuseConfig:
+    """``[abuse]``: limits against floods and guessing (docs/ADMIN.md, "Abuse limits")."""
+
+    auth_failures: int = 20
+    auth_failure_window: float = 300.0
+    frames_per_second: int = 200
+    frame_burst: int = 1000
+    key_lookups_per_minute: int = 300
+    max_prekeys_per_device: int = 200
+    max_tls_handshakes: int = 64
+    connections_per_address: int = 2000
+
+
+@dataclass(frozen=True)
 class AdminConfig:
     """``[admin]``: the operator socket momedoctl and momedo-tui talk to."""
 
@@ -177,6 +191,7 @@ class Config:
     server: ServerConfig = ServerConfig()
     listeners: tuple[ListenerConfig, ...] = (ListenerConfig(),)
     limits: LimitsConfig = LimitsConfig()
+    abuse: AbuseConfig = AbuseConfig()
     admin: AdminConfig = AdminConfig()
     log: LogConfig = LogConfig()
     storage: StorageConfig = StorageConfig()
@@ -512,6 +527,49 @@ _METRICS_KEYS = (
 )
 _STORAGE_KEYS = (_Key("engine", _choice(*STORAGE_ENGINES), 'Database engine; only "sqlite" now.'),)
 
+_ABUSE_KEYS = (
+    _Key(
+        "auth_failures",
+        _integer(1, 1000000),
+        "Failed enrollments and logins (bad signature, unknown device, wrong or expired\n"
+        "invite code) one source address may make per auth_failure_window; beyond that\n"
+        "its ENROLL and AUTH get TOO_MANY_ATTEMPTS until the window has refilled.",
+    ),
+    _Key(
+        "auth_failure_window",
+        _seconds,
+        "Seconds in which auth_failures failures are allowed (the back-off refills in it).",
+    ),
+    _Key(
+        "frames_per_second",
+        _integer(1, 1000000),
+        "Frames one connection may send per second on average; beyond that (and the\n"
+        "burst) the server reads that connection no faster: the sender is slowed down.",
+    ),
+    _Key("frame_burst", _integer(1, 1000000), "Frames one connection may send in a burst."),
+    _Key(
+        "key_lookups_per_minute",
+        _integer(1, 1000000),
+        "KEY_GET and KEY_CLAIM requests one device may make per minute (against user-ID\n"
+        "enumeration); further ones get RATE_LIMITED.",
+    ),
+    _Key(
+        "max_prekeys_per_device",
+        _integer(1, 1000000),
+        "One-time prekeys stored per device and suite; uploads beyond get QUOTA_EXCEEDED.",
+    ),
+    _Key(
+        "max_tls_handshakes",
+        _integer(1, 1000000),
+        "TLS handshakes in progress at once (all listeners); further connections wait, so a\n"
+        "reconnect storm cannot starve established sessions of CPU.",
+    ),
+    _Key(
+        "connections_per_address",
+        _integer(1, 1000000),
+        "Connections open at once from one source address; further ones get SERVER_BUSY.",
+    ),
+)
 _POLICY_KEYS = (
     _Key(
         "users_create_groups",
@@ -654,6 +712,14 @@ _SECTIONS: dict[str, tuple[str, type, tuple[_Key, ...], str, bool]] = {
         True,
     ),
     "limits": ("limits", LimitsConfig, _LIMITS_KEYS, "", False),
+    "abuse": (
+        "abuse",
+        AbuseConfig,
+        _ABUSE_KEYS,
+        "Abuse limits (docs/ADMIN.md). Many clients can share one address (a school's NAT):\n"
+        "keep the per-address limits well above the number of devices behind one address.",
+        False,
+    ),
     "admin": ("admin", AdminConfig, _ADMIN_KEYS, "", False),
     "log": ("log", LogConfig, _LOG_KEYS, "", False),
     "storage": ("storage", StorageConfig, _STORAGE_KEYS, "", False),

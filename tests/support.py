@@ -21,6 +21,7 @@ import trio
 
 from momedod.client.transport import Client, Credentials, connect, connect_invite
 from momedod.config import (
+    AbuseConfig,
     AdminConfig,
     Config,
     LimitsConfig,
@@ -38,10 +39,16 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def make_config(
-    state_dir: Path, *, port: int = 0, max_connections: int = 100, **limits: Any
+    state_dir: Path,
+    *,
+    port: int = 0,
+    max_connections: int = 100,
+    abuse: AbuseConfig | None = None,
+    **limits: Any,
 ) -> Config:
     """A loopback config in ``state_dir``; ``limits`` override ``[limits]`` keys."""
     return Config(
+        abuse=abuse or AbuseConfig(),
         server=ServerConfig(name="test", state_dir=state_dir),
         listeners=(
             ListenerConfig(address="127.0.0.1", port=port, max_connections=max_connections),

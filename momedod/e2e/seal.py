@@ -234,15 +234,23 @@ class SealReplayGuard:
     id is forgotten (``r + 35 d``) its ``ts`` is more than 30 days old and the age rule rejects
     it. Persist :meth:`to_bytes` with the message store so duplicates are dropped after a
     restart too.
+
+    Clock jumps: forgetting is driven by ``now_ms``, so a clock that ran far ahead (pruning at
+    the future time) and was then set back would re-open the forgotten ids to replay. The guard
+    therefore keeps a floor: when it forgets ids accepted before ``cutoff``, any replay of one
+    of them carries ``ts < cutoff + 24 h``, and such a ``ts`` is rejected as ``stale`` from then
+    on. With a steady clock the floor is 34 days in the past and never matters; after a jump
+    back it rejects messages older than the (future) forget point until real time passes it.
     """
 
     MAX_AGE_MS = 30 * DAY_MS
     MAX_FUTURE_MS = DAY_MS
     REMEMBER_MS = 35 * DAY_MS
-    _VERSION = 1
+    _VERSION = 2
 
     def __init__(self) -> None:
         self._seen: dict[Addr, dict[bytes, int]] = {}
+        self._floor_ms = 0  # reject ts_ms below this: ids that old may have been forgotten
 
     def __len__(self) -> int:
         """Number of remembered msg_ids."""
@@ -250,7 +258,7 @@ class SealReplayGuard:
 
     def check(self, sender: Addr, msg_id: bytes, ts_ms: int, now_ms: int) -> None:
         """Raise E2EError if the message must be dropped; change nothing."""
-        if ts_ms < now_ms - self.MAX_AGE_MS:
+        if ts_ms < now_ms - self.MAX_AGE_MS or ts_ms < self._floor_ms:
             raise _fail("stale")
         if ts_ms > now_ms + self.MAX_FUTURE_MS:
             raise _fail("future")
@@ -263,22 +271,31 @@ class SealReplayGuard:
         self.check(sender, msg_id, ts_ms, now_ms)
         seen = self._seen.setdefault(sender, {})
         cutoff = now_ms - self.REMEMBER_MS
-        for old in [m for m, t in seen.items() if t < cutoff]:
-            del seen[old]
+        old = [m for m, t in seen.items() if t < cutoff]
+        if old:
+            self._raise_floor(cutoff)
+        for m in old:
+            del seen[m]
         seen[msg_id] = now_ms
+
+    def _raise_floor(self, cutoff_ms: int) -> None:
+        self._floor_ms = max(self._floor_ms, cutoff_ms + self.MAX_FUTURE_MS)
 
     def prune(self, now_ms: int) -> None:
         """Forget msg_ids accepted more than 35 days before ``now_ms``."""
         cutoff = now_ms - self.REMEMBER_MS
         for sender in list(self._seen):
             kept = {m: t for m, t in self._seen[sender].items() if t >= cutoff}
+            if len(kept) < len(self._seen[sender]):
+                self._raise_floor(cutoff)
             if kept:
                 self._seen[sender] = kept
             else:
                 del self._seen[sender]
 
     def to_bytes(self) -> bytes:
-        """Serialise: ``u8 version=1 | list<Addr sender | list<u8[16] msg_id | u64 seen_ms>>``."""
+        """Serialise: ``u8 version=2 | list<Addr sender | list<u8[16] msg_id | u64 seen_ms>>
+        | u64 floor_ms`` (version 1, without ``floor_ms``, is still read)."""
         w = Writer().u8(self._VERSION).u32(len(self._seen))
         for sender in sorted(self._seen):
             sender.write(w)
@@ -286,7 +303,7 @@ class SealReplayGuard:
             w.u32(len(ids))
             for msg_id, seen_ms in ids.items():
                 w.fixed(msg_id, MSG_ID_LEN).u64(seen_ms)
-        return w.getvalue()
+        return w.u64(self._floor_ms).getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SealReplayGuard:
@@ -294,7 +311,8 @@ class SealReplayGuard:
         guard = cls()
         try:
             r = Reader(data)
-            if r.u8("version") != cls._VERSION:
+            version = r.u8("version")
+            if version not in (1, cls._VERSION):
                 raise _fail("state")
             for _ in range(r.count(MAX_U32, ADDR_LEN + 4, "senders")):
                 sender = Addr.read(r, "sender")
@@ -305,6 +323,8 @@ class SealReplayGuard:
                     msg_id = r.fixed(MSG_ID_LEN, "msg_id")
                     ids[msg_id] = r.u64("seen_ms")
                 guard._seen[sender] = ids
+            if version >= 2:
+                guard._floor_ms = r.u64("floor_ms")
             r.finish("replay guard")
         except (ProtocolError, E2EError):
             raise E2EError("corrupt replay guard state", reason="state") from None

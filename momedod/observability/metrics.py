@@ -71,8 +71,15 @@ HANDSHAKE_FAILURES = Counter(
 AUTH_FAILURES = Counter(
     "momedod_auth_failures_total",
     "Rejected enrollments and logins, by reason (bad_signature, unknown_device, "
-    "invite_invalid, invite_expired, user_disabled, device_revoked, timeout).",
+    "invite_invalid, invite_expired, user_disabled, device_revoked, timeout, too_many_attempts).",
     ["reason"],
+    registry=REGISTRY,
+)
+ABUSE_REFUSED = Counter(
+    "momedod_abuse_refused_total",
+    "Requests and connections refused by an abuse limit ([abuse]), by limit (auth_failures,"
+    " frames, key_lookups, prekeys, connections, tls_handshakes).",
+    ["limit"],
     registry=REGISTRY,
 )
 AUTHENTICATED = Counter(

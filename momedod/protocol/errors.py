@@ -36,6 +36,7 @@ class ErrorCode(IntEnum):
     SERVER_BUSY = 12
     SHUTTING_DOWN = 13
     SESSION_REPLACED = 14
+    TOO_MANY_ATTEMPTS = 15
     UNKNOWN_RECIPIENT = 32
     MAILBOX_FULL = 33
     TOO_MANY_RECIPIENTS = 34
@@ -49,6 +50,7 @@ class ErrorCode(IntEnum):
     TOO_LARGE = 42
     QUOTA_EXCEEDED = 43
     CONFLICT = 44
+    RATE_LIMITED = 45
     INTERNAL = 63
 
     @property

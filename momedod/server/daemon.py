@@ -26,6 +26,7 @@ from momedod.observability import systemd as sd
 from momedod.protocol.errors import ErrorCode
 from momedod.protocol.invite import InviteLink, fingerprint_text
 from momedod.server import blobs, conversations
+from momedod.server.abuse import Abuse
 from momedod.server.blobstore import BlobFiles
 from momedod.server.listener import ListenerState, serve_listener
 from momedod.server.presence import Presence
@@ -38,6 +39,8 @@ from momedod.store import FanOut, Store, StoreError, open_store
 log = structlog.get_logger("momedod")
 
 EXPIRE_INTERVAL = 3600.0
+CLOCK_CHECK_INTERVAL = 10.0  # seconds between comparisons of the wall and monotonic clocks
+CLOCK_STEP_MS = 60_000  # a wall-clock step larger than this is a jump (NTP slews smaller ones)
 GAUGE_INTERVAL = 15.0
 RATE_SAMPLE_INTERVAL = 0.5  # seconds between samples of the message counters
 RATE_WINDOW = 5.0  # server.stats rates are averages over this many seconds
@@ -76,6 +79,7 @@ class Daemon:
             blob_files=BlobFiles(config.server.state_dir / "blobs"),
             pusher=self.pusher,
             quiet=self.quiet,
+            abuse=Abuse(config.abuse),
             **_session_settings(config),
         )
         self.nursery: trio.Nursery | None = None
@@ -268,6 +272,7 @@ class Daemon:
         for name, value in _session_settings(new).items():
             setattr(self.ctx, name, value)
         self.pusher.configure(new.push)
+        self.ctx.abuse.configure(new.abuse)
         self.quiet.configure(new.quiet_hours)
         await self.quiet_refresh()
         self.config = replace(
@@ -350,6 +355,42 @@ async def _housekeeping(daemon: Daemon) -> None:
         except StoreError as e:
             log.error("mailbox.expire_failed", error=str(e))
         await trio.sleep(EXPIRE_INTERVAL)
+
+
+class ClockWatch:
+    """Detect steps of the wall clock while the daemon runs.
+
+    Between two readings the wall clock should advance as much as the monotonic clock. If it
+    advanced more than CLOCK_STEP_MS further, the system clock was stepped forward (NTP after a
+    boot with a stale time): stamps written before the step are older by the step than they
+    look. Those are exactly the stamps below ``expected + 1`` (``expected`` = last wall reading
+    plus monotonic time elapsed), because the step is larger than the check interval.
+    Backward steps need no repair (items only look younger); they are logged.
+    """
+
+    def __init__(self, wall_ms: int, mono_s: float) -> None:
+        self.wall_ms, self.mono_s = wall_ms, mono_s
+
+    def step(self, wall_ms: int, mono_s: float) -> tuple[int, int]:
+        """Take a reading; return (step in ms, wall time the step happened after)."""
+        expected = self.wall_ms + int((mono_s - self.mono_s) * 1000)
+        self.wall_ms, self.mono_s = wall_ms, mono_s
+        return wall_ms - expected, expected + 1
+
+
+async def _clock_watch(daemon: Daemon) -> None:
+    watch = ClockWatch(daemon.now_ms(), trio.current_time())
+    while True:
+        await trio.sleep(CLOCK_CHECK_INTERVAL)
+        step, before = watch.step(daemon.now_ms(), trio.current_time())
+        if abs(step) <= CLOCK_STEP_MS:
+            continue
+        log.warning("clock.stepped", seconds=step // 1000)
+        if step > 0:
+            try:
+                await daemon.store.shift_clock(step, before)
+            except StoreError as e:
+                log.error("clock.shift_failed", error=str(e))
 
 
 async def _store_gauges(daemon: Daemon) -> None:
@@ -497,6 +538,7 @@ async def serve(
                     f"{config.admin.socket}: cannot create admin socket: {e.strerror or e}"
                 ) from e
             nursery.start_soon(_housekeeping, daemon)
+            nursery.start_soon(_clock_watch, daemon)
             nursery.start_soon(blobs.run_collector, daemon.ctx)
             nursery.start_soon(_store_gauges, daemon)
             nursery.start_soon(_rate_sampler, daemon)

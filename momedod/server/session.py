@@ -37,6 +37,7 @@ from momedod.protocol.connection import Connection, Role
 from momedod.protocol.errors import ErrorCode, ProtocolError
 from momedod.protocol.invite import normalize_invite_code
 from momedod.protocol.records import (
+    PREKEY_OTPK,
     RECORD_DEVICE_LIST,
     RECORD_IDENTITY,
     RECORD_PREKEY,
@@ -44,6 +45,7 @@ from momedod.protocol.records import (
 )
 from momedod.protocol.userid import display
 from momedod.server import blobs, conversations
+from momedod.server.abuse import Abuse
 from momedod.server.blobstore import BlobFiles
 from momedod.server.presence import Presence
 from momedod.server.push import Pusher
@@ -58,6 +60,7 @@ from momedod.store import (
     NotFound,
     Recipient,
     RecordStale,
+    StorageFull,
     Store,
     StoreError,
     UnknownRecipient,
@@ -109,6 +112,7 @@ class SessionContext:
     max_group_size: int = 5000
     pusher: Pusher | None = None  # wake-ups for devices that are not connected
     quiet: QuietHours | None = None  # quiet-hours policies
+    abuse: Abuse = field(default_factory=Abuse)  # [abuse] limits, shared by all listeners
 
 
 # Metric label of each frame class, e.g. KeyPut -> "key_put".
@@ -118,10 +122,8 @@ _KIND: dict[type, str] = {
 }
 
 
-def _refused(reason: str, code: ErrorCode, message: str) -> ProtocolError:
-    """A failed enrollment or login: counted by reason, answered with ``code``."""
-    metrics.AUTH_FAILURES.labels(reason).inc()
-    return ProtocolError(code, message)
+# Failures that count against the source address (guessing); revoked or disabled do not.
+_GUESSES = {"bad_signature", "unknown_device", "invite_invalid", "invite_expired"}
 
 
 def now_ms() -> int:
@@ -159,6 +161,8 @@ class Session:
         self._write_cut = False
         self._last_rx = trio.current_time()
         self._ping_sent = False
+        self.host = peer.rpartition(":")[0]  # the source address the abuse limits key on
+        self._frames = ctx.abuse.frame_bucket()
         self._log = log.bind(conn=self.id, peer=peer)
 
     # --- hooks used by presence -------------------------------------------------------------
@@ -183,15 +187,20 @@ class Session:
 
     async def run(self) -> None:
         self.ctx.sessions.add(self)
+        counted = False
         try:
             if not await self._tls_handshake():
                 return
-            async with trio.open_nursery() as nursery:
-                self._scope = nursery.cancel_scope
-                self._nursery = nursery
-                nursery.start_soon(self._writer)
-                nursery.start_soon(self._timer)
-                nursery.start_soon(self._reader)
+            counted = self.ctx.abuse.connect(self.host)
+            if not counted:
+                self._fatal(ErrorCode.SERVER_BUSY, "too many connections from your address")
+            else:
+                async with trio.open_nursery() as nursery:
+                    self._scope = nursery.cancel_scope
+                    self._nursery = nursery
+                    nursery.start_soon(self._writer)
+                    nursery.start_soon(self._timer)
+                    nursery.start_soon(self._reader)
             if self._final and not self._write_cut:
                 with trio.move_on_after(FINAL_SEND_TIMEOUT):
                     await self.stream.send_all(self._final)
@@ -199,6 +208,8 @@ class Session:
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as e:
             self._log.debug("connection.lost", reason=type(e).__name__)
         finally:
+            if counted:
+                self.ctx.abuse.disconnect(self.host)
             self.ctx.sessions.discard(self)
             if self.authenticated:
                 self.ctx.presence.unregister(self)
@@ -206,9 +217,14 @@ class Session:
             self._log.debug("connection.closed")
 
     async def _tls_handshake(self) -> bool:
+        handshakes = self.ctx.abuse.handshakes
         try:
+            # The whole wait, for a handshake slot and the handshake, is under one deadline.
             with trio.move_on_after(self.ctx.handshake_timeout) as hs:
-                await self.stream.do_handshake()
+                if handshakes.available_tokens == 0:
+                    metrics.ABUSE_REFUSED.labels("tls_handshakes").inc()
+                async with handshakes:
+                    await self.stream.do_handshake()
         except trio.BrokenResourceError as e:
             metrics.HANDSHAKE_FAILURES.labels("error").inc()
             self._log.debug("tls.handshake_failed", reason=str(e.__cause__ or e))
@@ -311,16 +327,29 @@ class Session:
                 self.conn.receive_data(data)
                 while (frame := self.conn.next_event()) is not None:
                     metrics.frame_received(_KIND[type(frame)]).inc()
+                    if self.authenticated and (wait := self.ctx.abuse.frame_wait(self._frames)):
+                        # Over the frame rate: read this connection no faster than the rate
+                        # (TCP back-pressure slows the sender; nothing is refused).
+                        await trio.sleep(wait)
+                        self._frames.tokens = 0.0
+                        self._frames.stamp = trio.current_time()
                     self._busy = True
                     try:
                         await self._handle(frame)
                     except StoreError as e:
+                        # Disk full is the operator's to fix; nothing was stored, and the
+                        # client retries (INTERNAL) until space returns.
+                        what = (
+                            "server storage full"
+                            if isinstance(e, StorageFull)
+                            else "storage failure"
+                        )
                         if not self.authenticated:
-                            raise ProtocolError(ErrorCode.SERVER_BUSY, "storage failure") from e
+                            raise ProtocolError(ErrorCode.SERVER_BUSY, what) from e
                         metrics.STORE_ERRORS.inc()
                         self._log.error("store.failed", request=type(frame).__name__, error=str(e))
                         await self._error(
-                            frame.request_id, ErrorCode.INTERNAL, "storage failure; retry later"
+                            frame.request_id, ErrorCode.INTERNAL, f"{what}; retry later"
                         )
                     finally:
                         self._busy = False
@@ -403,6 +432,14 @@ class Session:
         await self._out_send.send(self.conn.send(frame))
         metrics.frame_sent(_KIND[type(frame)]).inc()
 
+    async def _rate_limited(self, frame: f.Frame, what: str, wait: float) -> None:
+        """Refuse a request over a rate limit (non-fatal)."""
+        await self._error(
+            frame.request_id,
+            ErrorCode.RATE_LIMITED,
+            f"too many {what}; retry in {max(1, round(wait + 0.5))} s",
+        )
+
     async def _error(self, request_id: int, code: ErrorCode, message: str) -> None:
         metrics.PROTOCOL_ERRORS.labels(code.name).inc()
         await self._send(f.Error(request_id, int(code), message))
@@ -423,6 +460,10 @@ class Session:
             pass
         elif isinstance(frame, f.KeyPut):
             await self._on_key_put(frame)
+        elif isinstance(frame, f.KeyGet | f.KeyClaim) and (
+            wait := self.ctx.abuse.key_lookups.take(self.addr)
+        ):
+            await self._rate_limited(frame, "key lookups", wait)
         elif isinstance(frame, f.KeyGet):
             try:
                 records = await self.ctx.store.get_records(frame.user_id)
@@ -457,10 +498,18 @@ class Session:
             await self._on_quiet_set(frame)
         elif isinstance(frame, f.Hello):
             await self._on_hello(frame)
-        elif isinstance(frame, f.Auth):
-            await self._on_auth(frame)
-        elif isinstance(frame, f.Enroll):
-            await self._on_enroll(frame)
+        elif isinstance(frame, f.Auth | f.Enroll):
+            failures = self.ctx.abuse.auth_failures
+            if wait := failures.blocked(self.host):
+                metrics.AUTH_FAILURES.labels("too_many_attempts").inc()
+                raise ProtocolError(
+                    ErrorCode.TOO_MANY_ATTEMPTS,
+                    f"too many failed attempts from your address; retry in {int(wait) + 1} s",
+                )
+            if isinstance(frame, f.Auth):
+                await self._on_auth(frame)
+            else:
+                await self._on_enroll(frame)
         else:  # the state machine admits nothing else from a client
             raise ProtocolError(ErrorCode.UNEXPECTED_FRAME, f"unexpected {type(frame).__name__}")
 
@@ -500,38 +549,47 @@ class Session:
             )
         )
 
+    def _refused(self, reason: str, code: ErrorCode, message: str) -> ProtocolError:
+        """A failed enrollment or login: counted by reason, answered with ``code``."""
+        metrics.AUTH_FAILURES.labels(reason).inc()
+        if reason in _GUESSES:
+            self.ctx.abuse.auth_failures.charge(self.host)
+        return ProtocolError(code, message)
+
     async def _on_auth(self, frame: f.Auth) -> None:
         device = await self.ctx.store.get_device(frame.user_id, frame.device_id)
         msg = auth_message(self._nonce, self._cert_fp, frame.user_id, frame.device_id)
         if device is None:
-            raise _refused(
+            raise self._refused(
                 "unknown_device", ErrorCode.AUTH_FAILED, "unknown device or bad signature"
             )
         if not verify_signature(device.transport_pub, frame.signature, msg):
-            raise _refused(
+            raise self._refused(
                 "bad_signature", ErrorCode.AUTH_FAILED, "unknown device or bad signature"
             )
         if device.revoked_ms is not None:
-            raise _refused(
+            raise self._refused(
                 "device_revoked", ErrorCode.DEVICE_REVOKED, "this device has been revoked"
             )
         user = await self.ctx.store.get_user(frame.user_id)
         if user is None:
-            raise _refused(
+            raise self._refused(
                 "unknown_device", ErrorCode.AUTH_FAILED, "unknown device or bad signature"
             )
         if user.disabled:
-            raise _refused("user_disabled", ErrorCode.USER_DISABLED, "this account is disabled")
+            raise self._refused(
+                "user_disabled", ErrorCode.USER_DISABLED, "this account is disabled"
+            )
         await self._authenticated(frame.request_id, frame.user_id, frame.device_id)
 
     async def _on_enroll(self, frame: f.Enroll) -> None:
         msg = enroll_message(self._nonce, self._cert_fp, frame.invite_code, frame.transport_pub)
         if not verify_signature(frame.transport_pub, frame.signature, msg):
-            raise _refused("bad_signature", ErrorCode.AUTH_FAILED, "bad enrollment signature")
+            raise self._refused("bad_signature", ErrorCode.AUTH_FAILED, "bad enrollment signature")
         try:
             code = normalize_invite_code(frame.invite_code)
         except ValueError:
-            raise _refused(
+            raise self._refused(
                 "invite_invalid", ErrorCode.INVITE_INVALID, "unknown or already used invite"
             ) from None
         try:
@@ -539,15 +597,15 @@ class Session:
                 code, frame.transport_pub, frame.device_name, now_ms()
             )
         except InviteExpired:
-            raise _refused(
+            raise self._refused(
                 "invite_expired", ErrorCode.INVITE_EXPIRED, "invite has expired"
             ) from None
         except InviteInvalid:
-            raise _refused(
+            raise self._refused(
                 "invite_invalid", ErrorCode.INVITE_INVALID, "unknown or already used invite"
             ) from None
         except UserDisabled:
-            raise _refused(
+            raise self._refused(
                 "user_disabled", ErrorCode.USER_DISABLED, "this account is disabled"
             ) from None
         self._log.info("device.enrolled", user=display(device.user_id), device=device.device_id)
@@ -754,6 +812,15 @@ class Session:
                 await store.put_device_list(uid, info.version, frame.record, ts)
             else:
                 assert info.prekey_kind is not None and info.key_id is not None
+                cap = self.ctx.abuse.cfg.max_prekeys_per_device
+                if info.prekey_kind == PREKEY_OTPK and (
+                    await store.count_prekeys(uid, did, info.suite) >= cap
+                ):
+                    metrics.ABUSE_REFUSED.labels("prekeys").inc()
+                    await self._error(
+                        rid, ErrorCode.QUOTA_EXCEEDED, f"{cap} one-time prekeys stored already"
+                    )
+                    return
                 await store.put_prekey(
                     uid, did, info.suite, info.prekey_kind, info.key_id, frame.record, ts
                 )

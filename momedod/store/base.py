@@ -663,7 +663,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def expire(self, now_ms: int, ttl_ms: int) -> int:
-        """Drop mailbox entries and dedup keys older than ``ttl_ms``; return entries dropped."""
+        """Drop mailbox entries and dedup keys older than ``ttl_ms``; return entries dropped.
+
+        A gap of more than 180 days between ``now_ms`` and the newest stamp in the store is
+        taken for a forward clock jump and caught up first (see :meth:`shift_clock`)."""
+
+    @abc.abstractmethod
+    async def shift_clock(self, shift_ms: int, before_ms: int) -> None:
+        """The wall clock stepped forward by ``shift_ms``: move the stamps older than
+        ``before_ms`` that expiry reads (mailbox, dedup keys, unused invites, last seen)
+        forward by it, so nothing looks older than it is."""
 
     # -- key directory -------------------------------------------------------------------
 

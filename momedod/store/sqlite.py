@@ -632,6 +632,10 @@ class SQLiteStore(Store):
             if entries < EXPIRE_BATCH and keys < EXPIRE_BATCH:
                 return dropped
 
+    async def shift_clock(self, shift_ms: int, before_ms: int) -> None:
+        """See :meth:`Store.shift_clock`."""
+        await self._write(txn.shift_clock, shift_ms, before_ms)
+
     async def put_identity(self, user_id: str, record: bytes, now_ms: int) -> None:
         """See :meth:`Store.put_identity`."""
         await self._write(txn.put_identity, user_id, record, now_ms)

@@ -660,8 +660,11 @@ def redeem_invite(tx: Tx, code: str, transport_pub: bytes, device_name: str, now
     if row is None or row[2] is not None or row[4]:
         raise InviteInvalid("unknown or already used invite code")
     user_id = str(row[0])
-    if now_ms >= int(row[1]):
-        raise InviteExpired("invite code has expired")
+    expires_ms = int(row[1])
+    if now_ms >= expires_ms:
+        expires_ms += catch_up_clock(tx, now_ms)
+        if now_ms >= expires_ms:
+            raise InviteExpired("invite code has expired")
     if row[3]:
         raise UserDisabled(f"user {display_user(user_id)} is disabled")
     tx.execute(
@@ -840,11 +843,67 @@ def ack(tx: Tx, user_id: str, device_id: int, seqs: Sequence[int], now_ms: int) 
     return len(freed)
 
 
+CLOCK_JUMP_MS = 180 * 86_400_000
+"""A gap this long between ``now_ms`` and the newest time stamp in the store is a clock jump.
+
+Theory: the store keeps only wall-clock stamps (``now_ms`` of the call that wrote them), so a
+forward step of the system clock (a Raspberry Pi without a real-time clock that booted with a
+stale time, then NTP) would make everything written before the step look old, and expiry
+would delete messages and refuse invites that are minutes old. A running server writes stamps
+all the time (messages, logins), so when the newest stamp of all is more than 180 days behind
+``now_ms`` the time in between did not really pass: :func:`catch_up_clock` moves every stamp
+that expiry reads forward by the gap, which keeps each item's age. A server that really was
+off for half a year keeps its messages and invites that much longer: the safe side.
+A backward step needs nothing: items then only look younger and are kept longer.
+"""
+
+
+def catch_up_clock(tx: Tx, now_ms: int) -> int:
+    """Detect a forward clock jump (see :data:`CLOCK_JUMP_MS`) and shift the stamps expiry and
+    invites read by it; return the shift in ms (0: no jump). The newest stamp is taken over
+    exactly the stamps that are shifted, so after a shift there is no gap left to find."""
+    row = tx.one(
+        "SELECT max(coalesce((SELECT max(server_ts_ms) FROM mailbox), 0),"
+        " coalesce((SELECT max(created_ms) FROM dedup), 0),"
+        " coalesce((SELECT max(created_ms) FROM invites WHERE used_ms IS NULL), 0),"
+        " coalesce((SELECT max(last_seen_ms) FROM devices), 0))",
+        (),
+    )
+    newest = int(row[0]) if row is not None and row[0] else 0
+    if not newest or now_ms - newest <= CLOCK_JUMP_MS:
+        return 0
+    shift = now_ms - newest
+    shift_clock(tx, shift, now_ms + 1)
+    return shift
+
+
+def shift_clock(tx: Tx, shift_ms: int, before_ms: int) -> None:
+    """Move the stamps older than ``before_ms`` that expiry reads forward by ``shift_ms``."""
+    tx.execute(
+        "UPDATE mailbox SET server_ts_ms = server_ts_ms + ? WHERE server_ts_ms < ?",
+        (shift_ms, before_ms),
+    )
+    tx.execute(
+        "UPDATE dedup SET created_ms = created_ms + ? WHERE created_ms < ?", (shift_ms, before_ms)
+    )
+    tx.execute(
+        "UPDATE invites SET created_ms = created_ms + ?, expires_ms = expires_ms + ?"
+        " WHERE used_ms IS NULL AND created_ms < ?",
+        (shift_ms, shift_ms, before_ms),
+    )
+    tx.execute(
+        "UPDATE devices SET last_seen_ms = last_seen_ms + ? WHERE last_seen_ms < ?",
+        (shift_ms, before_ms),
+    )
+
+
 def expire_batch(tx: Tx, cutoff_ms: int, limit: int, now_ms: int) -> tuple[int, int]:
     """Drop up to ``limit`` mailbox entries and ``limit`` dedup keys older than ``cutoff_ms``.
 
     Returns (entries dropped, dedup keys dropped); call again while either equals ``limit``.
+    A forward clock jump is caught up first (:func:`catch_up_clock`).
     """
+    catch_up_clock(tx, now_ms)
     rows = tx.all(
         "DELETE FROM mailbox WHERE (device_pk, seq) IN"
         " (SELECT device_pk, seq FROM mailbox WHERE server_ts_ms < ? LIMIT ?)"

@@ -1,10 +1,9 @@
 """The client's Seal replay guard under clock jumps (time is passed in, so jumps are explicit).
 
 A backward jump cannot make a replay pass: the remembered msg_id is still there. A forward
-jump beyond 35 days followed by a jump back does (a real bug, kept as a strict xfail so it
-flips when fixed): pruning at the far-future time forgets the msg_id, and back at the real
-time the replayed Seal's ts_ms is fresh again. A fix: never forget an id before the newest
-``now_ms`` ever seen minus 35 days, i.e. keep a high-water mark of now_ms in the guard.
+jump beyond 35 days followed by a jump back cannot either: pruning at the far-future time
+forgets the msg_id, but it raises the guard's floor, and back at the real time the replayed
+Seal's ts_ms is below that floor (rejected as stale). The floor survives a save and restore.
 """
 
 from __future__ import annotations
@@ -29,10 +28,26 @@ def test_replay_after_backward_jump_is_rejected(back_days: int) -> None:
         guard.accept(SENDER, MSG, NOW, NOW - back_days * DAY_MS)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a forward jump > 35 days then back re-opens replay")
 def test_replay_after_forward_then_backward_jump_is_rejected() -> None:
     guard = SealReplayGuard()
     guard.accept(SENDER, MSG, NOW, NOW)
     guard.prune(NOW + 36 * DAY_MS)  # the device's clock was set 36 days ahead for a while
     with pytest.raises(E2EError):
         guard.accept(SENDER, MSG, NOW, NOW)  # back at the real time: the server replays it
+
+
+def test_floor_survives_save_and_restore() -> None:
+    guard = SealReplayGuard()
+    guard.accept(SENDER, MSG, NOW, NOW)
+    guard.prune(NOW + 36 * DAY_MS)
+    restored = SealReplayGuard.from_bytes(guard.to_bytes())
+    with pytest.raises(E2EError):
+        restored.accept(SENDER, MSG, NOW, NOW)
+
+
+def test_steady_clock_floor_does_not_reject_fresh_messages() -> None:
+    guard = SealReplayGuard()
+    guard.accept(SENDER, MSG, NOW, NOW)
+    later = NOW + 40 * DAY_MS
+    guard.prune(later)
+    guard.accept(SENDER, b"\x02" * 16, later - 29 * DAY_MS, later)

@@ -443,7 +443,7 @@ def test_corrupt_guard_state_is_rejected() -> None:
     guard = SealReplayGuard()
     guard.accept(A.addr, MSG_ID, NOW, NOW)
     data = guard.to_bytes()
-    for bad in (data[:-1], data + b"\x00", b"\x02" + data[1:], b""):
+    for bad in (data[:-1], data + b"\x00", b"\x03" + data[1:], b""):
         with pytest.raises(E2EError) as exc:
             SealReplayGuard.from_bytes(bad)
         assert exc.value.reason == "state"

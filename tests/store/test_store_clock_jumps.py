@@ -10,12 +10,13 @@ tests simulate with explicit values.
 What holds: a backward jump never expires anything early (mailbox entries, dedup keys and
 invites are kept at least as long as their real age allows), and expiry is exact at the TTL.
 
-What does not (a real bug, reported and kept here as a strict xfail so it flips when fixed):
-a *forward* jump larger than the TTL's remaining margin expires what was stored just before
-it. The realistic case is a Raspberry Pi without a real-time clock that boots with a stale
-time (fake-hwclock: the last shutdown, or 1970) and accepts messages and creates invites
-before NTP steps the clock forward: the next housekeeping run (every few minutes) deletes
-those messages, and the invites are refused as expired, although they are minutes old.
+A *forward* jump: the realistic case is a Raspberry Pi without a real-time clock that boots
+with a stale time (fake-hwclock: the last shutdown, or 1970) and accepts messages and creates
+invites before NTP steps the clock forward. The store takes a gap of more than
+``CLOCK_JUMP_MS`` (180 days) between ``now_ms`` and the newest stamp it holds for such a jump
+and moves its stamps forward by the gap (store/txn.py ``catch_up_clock``), so the next
+housekeeping run keeps those messages and the invites stay valid for their real age. A
+forward step shorter than that is taken for elapsed time (documented limit).
 """
 
 from __future__ import annotations
@@ -98,11 +99,6 @@ async def test_invite_expires_exactly_at_its_ttl(store: Store) -> None:
 STALE_BOOT = T0 - 365 * DAY  # a Pi that booted with last year's time; NTP then steps forward
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a forward clock step expires messages stored just before it (wall-clock"
-    " stamps, no jump detection); see the module docstring",
-)
 async def test_forward_jump_after_stale_boot_keeps_just_accepted_messages(store: Store) -> None:
     anna, ben = await two_users(store, STALE_BOOT)
     await send(store, anna, ben, 1, STALE_BOOT)  # accepted with the stale clock
@@ -110,10 +106,36 @@ async def test_forward_jump_after_stale_boot_keeps_just_accepted_messages(store:
     assert await queued(store, ben) == [1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a forward clock step makes invites created just before it expired.",
-)
 async def test_forward_jump_after_stale_boot_keeps_fresh_invites(store: Store) -> None:
     _, invite = await store.create_user("fritz", STALE_BOOT, INVITE_TTL)
     await store.redeem_invite(invite.code, KEY, "phone", T0)
+
+
+async def test_catch_up_happens_once_and_real_age_still_counts(store: Store) -> None:
+    anna, ben = await two_users(store, STALE_BOOT)
+    await send(store, anna, ben, 1, STALE_BOOT)
+    assert await store.expire(T0, TTL) == 0  # the jump is caught up ...
+    assert await store.expire(T0 + 1, TTL) == 0  # ... once: no second shift
+    assert await store.expire(T0 + TTL - 1, TTL) == 0
+    assert await store.expire(T0 + TTL + 1, TTL) == 1  # then it ages from the jump on
+    assert await queued(store, ben) == []
+
+
+async def test_invite_expires_after_its_real_age_despite_a_jump(store: Store) -> None:
+    _, invite = await store.create_user("gerd", STALE_BOOT, INVITE_TTL)
+    await store.expire(T0, TTL)  # housekeeping after the jump shifts the invite too
+    with pytest.raises(InviteExpired):
+        await store.redeem_invite(invite.code, KEY, "phone", T0 + INVITE_TTL + 1)
+
+
+async def test_shift_clock_moves_only_what_was_written_before_the_step(store: Store) -> None:
+    # The daemon saw the wall clock step 2 days forward (ClockWatch) while it ran.
+    anna, ben = await two_users(store, T0)
+    step = 2 * DAY
+    await send(store, anna, ben, 1, T0)  # before the step
+    await send(store, anna, ben, 2, T0 + 10_000 + step)  # after it
+    await store.shift_clock(step, T0 + 10_001)
+    assert await store.expire(T0 + step + TTL - 1, TTL) == 0  # 1 is not older than it is
+    assert await store.expire(T0 + step + TTL + 1, TTL) == 1
+    assert await queued(store, ben) == [2]
+    assert await store.expire(T0 + 10_000 + step + TTL + 1, TTL) == 1  # 2 was not shifted
