@@ -19,6 +19,8 @@ from typing import Any
 
 import trio
 
+from momedod.client import messenger
+from momedod.client.profile import Profile, open_profile
 from momedod.client.transport import Client, Credentials, connect, connect_invite
 from momedod.config import (
     AbuseConfig,
@@ -33,6 +35,7 @@ from momedod.protocol import frames as f
 from momedod.protocol.connection import Connection, Role
 from momedod.protocol.errors import ProtocolError
 from momedod.protocol.invite import parse_invite_link
+from momedod.protocol.userid import normalize
 from momedod.server.daemon import Daemon
 
 VENV_BIN = Path(sys.executable).parent
@@ -256,3 +259,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+FEW_OTPKS = 3  # enrolling dozens of devices: fewer one-time prekeys each (20 by default)
+
+
+async def enroll_many(server: Any, tmp_path: Path, names: list[str]) -> list[tuple[Profile, str]]:
+    """Enroll one E2E client per name on ``server`` (a :class:`Server`), concurrently, each
+    in its own profile ``tmp_path/p-NAME``; returns (profile, canonical user ID) in order."""
+    out: dict[int, tuple[Profile, str]] = {}
+
+    async def one(i: int, name: str) -> None:
+        shown, link = await server.add_user(name)
+        prof = open_profile(tmp_path / f"p-{name}", create=True)
+        await messenger.enroll(prof, link, f"{name}-phone")
+        out[i] = (prof, normalize(shown))
+
+    async with trio.open_nursery() as nursery:
+        for i, name in enumerate(names):
+            nursery.start_soon(one, i, name)
+    return [out[i] for i in range(len(names))]

@@ -16,26 +16,7 @@ from hypercorn.trio import serve as http_serve
 
 from momedod.client import messenger as m
 from momedod.client.bridge.run import BridgeOptions, Running, run_bridge
-from momedod.client.profile import Profile, open_profile
-from momedod.protocol.userid import normalize
-
-FEW_OTPKS = 3  # enrolling dozens of devices: fewer one-time prekeys each (20 by default)
-
-
-async def enroll_many(server: Any, tmp_path: Path, names: list[str]) -> list[tuple[Profile, str]]:
-    """Enroll one device per name, concurrently; returns (profile, user ID)."""
-    out: dict[int, tuple[Profile, str]] = {}
-
-    async def one(i: int, name: str) -> None:
-        shown, link = await server.add_user(name)
-        prof = open_profile(tmp_path / f"p-{name}", create=True)
-        await m.enroll(prof, link, f"{name}-phone")
-        out[i] = (prof, normalize(shown))
-
-    async with trio.open_nursery() as nursery:
-        for i, name in enumerate(names):
-            nursery.start_soon(one, i, name)
-    return [out[i] for i in range(len(names))]
+from momedod.client.profile import Profile
 
 
 async def recv(prof: Profile) -> list[m.Message]:

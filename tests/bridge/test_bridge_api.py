@@ -17,8 +17,9 @@ import jsonschema
 import pytest
 import trio
 import yaml
-from bridge_support import FEW_OTPKS, enroll_many, start_bridge
+from bridge_support import start_bridge
 from starlette.routing import Route
+from support import FEW_OTPKS, enroll_many
 
 from momedod.client import attachments
 from momedod.client import messenger as m

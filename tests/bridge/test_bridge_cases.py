@@ -12,13 +12,12 @@ import httpx
 import trio
 from bridge_support import (
     EXAMPLES,
-    FEW_OTPKS,
     Receiver,
-    enroll_many,
     recv,
     run_example,
     start_bridge,
 )
+from support import FEW_OTPKS, enroll_many
 
 from momedod.client import attachments
 from momedod.client import groups as g

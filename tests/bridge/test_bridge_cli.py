@@ -7,8 +7,7 @@ import subprocess
 
 import httpx
 import trio
-from bridge_support import FEW_OTPKS, enroll_many
-from support import VENV_BIN, free_port
+from support import FEW_OTPKS, VENV_BIN, enroll_many, free_port
 
 from momedod.client import messenger as m
 

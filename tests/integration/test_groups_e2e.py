@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 import trio
-from support import VENV_BIN
+from support import FEW_OTPKS, VENV_BIN, enroll_many
 
 from momedod.client import attachments
 from momedod.client import groups as g
 from momedod.client import messenger as m
-from momedod.client.profile import Profile, open_profile
+from momedod.client.profile import Profile
 from momedod.client.transport import ServerError, connect
 from momedod.e2e.identity import UserIdentityKey
 from momedod.e2e.roster import (
@@ -40,10 +40,8 @@ from momedod.e2e.roster import (
 from momedod.protocol import frames as f
 from momedod.protocol.errors import ErrorCode
 from momedod.protocol.invite import fingerprint_text
-from momedod.protocol.userid import display, normalize
+from momedod.protocol.userid import display
 from momedod.store.sqlite import DB_FILENAME
-
-FEW_OTPKS = 3  # enrolling dozens of devices: fewer one-time prekeys each (20 by default)
 
 
 def _b64(data: bytes) -> str:
@@ -76,22 +74,6 @@ class Org:
             "group.update", group=prev.conv_id.hex(), roster=_b64(sign_roster_org(roster, self.key))
         )
         return roster
-
-
-async def enroll_many(server, tmp_path: Path, names: list[str]) -> list[tuple[Profile, str]]:  # type: ignore[no-untyped-def]
-    """Enroll one device per name, concurrently."""
-    out: dict[int, tuple[Profile, str]] = {}
-
-    async def one(i: int, name: str) -> None:
-        shown, link = await server.add_user(name)
-        prof = open_profile(tmp_path / f"p-{name}", create=True)
-        await m.enroll(prof, link, f"{name}-phone")
-        out[i] = (prof, normalize(shown))
-
-    async with trio.open_nursery() as nursery:
-        for i, name in enumerate(names):
-            nursery.start_soon(one, i, name)
-    return [out[i] for i in range(len(names))]
 
 
 async def recv(prof: Profile) -> list[m.Event]:
