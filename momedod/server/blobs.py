@@ -12,7 +12,6 @@ debug level, and never the bytes.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 import structlog
@@ -22,6 +21,7 @@ from momedod.observability import metrics
 from momedod.protocol import frames as f
 from momedod.protocol.errors import ErrorCode
 from momedod.server.blobstore import BlobDiskFull, BlobFiles, BlobMissing
+from momedod.server.clock import now_ms
 from momedod.store import (
     BlobInfo,
     BlobNotFound,
@@ -95,7 +95,7 @@ async def _start(session: Session, files: BlobFiles, frame: f.BlobStart) -> None
     if frame.size == 0:
         await session._error(rid, ErrorCode.BAD_REQUEST, "an attachment has at least one byte")
         return
-    now = _now()
+    now = now_ms()
     try:
         info = await session.ctx.store.blob_start(
             uid,
@@ -134,7 +134,7 @@ async def _chunk(session: Session, files: BlobFiles, frame: f.BlobChunk) -> None
     rid, uid = frame.request_id, session.addr[0]
     n = len(frame.data)
     try:
-        info = await session.ctx.store.blob_received(uid, frame.blob_id, frame.offset, n, _now())
+        info = await session.ctx.store.blob_received(uid, frame.blob_id, frame.offset, n, now_ms())
     except BlobNotFound:
         await session._error(rid, ErrorCode.NOT_FOUND, "no such upload in progress")
         return
@@ -151,7 +151,7 @@ async def _chunk(session: Session, files: BlobFiles, frame: f.BlobChunk) -> None
         return
     except (BlobDiskFull, OSError):
         # Recorded but not written: take the record back so the client can retry this chunk.
-        await session.ctx.store.blob_rewind(uid, frame.blob_id, frame.offset, _now())
+        await session.ctx.store.blob_rewind(uid, frame.blob_id, frame.offset, now_ms())
         raise
     await session._send(_status(rid, info))
 
@@ -185,7 +185,7 @@ async def _finish(session: Session, files: BlobFiles, frame: f.BlobFinish) -> No
             "start it again",
         )
         return
-    info = await store.blob_complete(uid, frame.blob_id, _now())
+    info = await store.blob_complete(uid, frame.blob_id, now_ms())
     metrics.BLOB_UPLOADS.inc()
     session._log.debug("blob.complete", blob=frame.blob_id.hex(), size=info.size)
     await session._send(_status(rid, info))
@@ -243,7 +243,7 @@ async def run_collector(ctx: SessionContext) -> None:
             expired, partial = await collect(
                 ctx.store,
                 ctx.blob_files,
-                _now(),
+                now_ms(),
                 limits.ttl_days * 86_400_000,
                 limits.partial_ttl_hours * 3_600_000,
             )
@@ -252,7 +252,3 @@ async def run_collector(ctx: SessionContext) -> None:
         except (StoreError, OSError) as e:
             log.error("blobs.collect_failed", error=str(e))
         await trio.sleep(limits.collect_interval)
-
-
-def _now() -> int:
-    return time.time_ns() // 1_000_000

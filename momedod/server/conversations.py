@@ -12,7 +12,6 @@ members. Organisation-managed conversations change only through the admin socket
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -30,6 +29,7 @@ from momedod.observability import metrics
 from momedod.protocol import frames as f
 from momedod.protocol.errors import ErrorCode
 from momedod.protocol.userid import display
+from momedod.server.clock import now_ms
 from momedod.server.presence import Presence
 from momedod.store import (
     Conflict,
@@ -52,10 +52,6 @@ URGENT_FORBIDDEN = (
 )
 
 __all__ = ["event_message", "handle", "publish_events", "roster_change"]
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def event_message(what: int, conv_id: bytes, epoch: int) -> EventMessage:
@@ -122,7 +118,7 @@ async def _on_send(session: Session, frame: f.ConvSend) -> None:
             frame.payload,
             [Recipient(p.user_id, p.device_id, p.part) for p in frame.parts],
             frame.blob_ids,
-            _now_ms(),
+            now_ms(),
             ctx.mailbox_max_messages,
             urgent=urgent,
         )
@@ -233,7 +229,7 @@ async def _on_put(session: Session, frame: f.ConvPut) -> None:
             actor=session.addr,
             changed=event_message(EVENT_ROSTER_CHANGED, frame.conv_id, epoch),
             removed=event_message(EVENT_REMOVED, frame.conv_id, epoch),
-            now_ms=_now_ms(),
+            now_ms=now_ms(),
             max_per_device=ctx.mailbox_max_messages,
         )
     except Conflict as e:

@@ -28,6 +28,7 @@ from momedod.protocol.invite import InviteLink, fingerprint_text
 from momedod.server import blobs, conversations
 from momedod.server.abuse import Abuse
 from momedod.server.blobstore import BlobFiles
+from momedod.server.clock import now_ms
 from momedod.server.listener import ListenerState, serve_listener
 from momedod.server.presence import Presence
 from momedod.server.push import Pusher
@@ -90,7 +91,7 @@ class Daemon:
         self.org_fp: bytes | None = None
 
     def now_ms(self) -> int:
-        return time.time_ns() // 1_000_000
+        return now_ms()
 
     @property
     def fingerprint(self) -> bytes:

@@ -47,6 +47,7 @@ from momedod.protocol.userid import display
 from momedod.server import blobs, conversations
 from momedod.server.abuse import Abuse
 from momedod.server.blobstore import BlobFiles
+from momedod.server.clock import now_ms
 from momedod.server.presence import Presence
 from momedod.server.push import Pusher
 from momedod.server.quiethours import USER_PREFIX, QuietHours, user_spec
@@ -124,10 +125,6 @@ _KIND: dict[type, str] = {
 
 # Failures that count against the source address (guessing); revoked or disabled do not.
 _GUESSES = {"bad_signature", "unknown_device", "invite_invalid", "invite_expired"}
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Session:
