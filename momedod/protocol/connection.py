@@ -185,6 +185,40 @@ _NONZERO_ID: frozenset[tuple[Role, type[Frame]]] = frozenset(
 
 _OTHER = {Role.CLIENT: Role.SERVER, Role.SERVER: Role.CLIENT}
 
+# request_id rule per frame class, one table per sender (see _check).
+_ID_ANY, _ID_ZERO, _ID_NONZERO = 0, 1, 2
+
+
+class _Rules:
+    """The tables above for one sender, looked up once per connection instead of per frame
+    (an Enum's ``__hash__`` is a Python-level call, so ``(role, kind)`` keys are not free).
+    """
+
+    __slots__ = ("handshake", "id_rule", "ready", "role", "senders")
+
+    def __init__(self, role: Role) -> None:
+        self.role = role
+        self.senders = _SENDERS[role]
+        self.ready = _READY[role]
+        self.id_rule: dict[type[Frame], int] = {
+            kind: _ID_ZERO
+            if (role, kind) in _ZERO_ID
+            else _ID_NONZERO
+            if (role, kind) in _NONZERO_ID
+            else _ID_ANY
+            for kind in self.senders
+        }
+        self.handshake: dict[tuple[State, type[Frame]], State] = {
+            (state, kind): new
+            for (sender, state, kind), new in _HANDSHAKE.items()
+            if sender is role
+        }
+
+
+_RULES = {role: _Rules(role) for role in Role}
+_READY_STATE = State.READY
+_CLOSED = State.CLOSED
+
 
 class _Violation(Exception):
     def __init__(self, code: ErrorCode, message: str) -> None:
@@ -202,6 +236,8 @@ class Connection:
     def __init__(self, role: Role, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self._role = role
         self._peer = _OTHER[role]
+        self._our_rules = _RULES[role]
+        self._peer_rules = _RULES[self._peer]
         self._state = State.HELLO
         self._decoder = FrameDecoder(max_frame_bytes)
         self._drained = False
@@ -253,7 +289,7 @@ class Connection:
             frame = self._decoder.next_frame()
             if frame is None:
                 return None
-            new_state = self._check(self._peer, frame)
+            new_state = self._check(self._peer_rules, frame)
         except ProtocolError:
             self._state = State.CLOSED
             raise
@@ -273,7 +309,7 @@ class Connection:
         if self._state is State.CLOSED and not (isinstance(frame, Error) and frame.is_fatal):
             raise LocalProtocolError("connection is closed")
         try:
-            new_state = self._check(self._role, frame)
+            new_state = self._check(self._our_rules, frame)
         except _Violation as exc:
             raise LocalProtocolError(exc.message) from None
         data = encode_frame(frame)
@@ -285,42 +321,46 @@ class Connection:
         self._apply(frame, new_state)
         return data
 
-    def _check(self, sender: Role, frame: Frame) -> State:
-        """Return the state after ``sender`` sends ``frame``, or raise _Violation."""
+    def _check(self, rules: _Rules, frame: Frame) -> State:
+        """Return the state after ``rules.role`` sends ``frame``, or raise _Violation."""
         kind = type(frame)
-        if kind not in _SENDERS[sender]:
+        if kind not in rules.senders:
             raise _Violation(
-                ErrorCode.UNKNOWN_FRAME_TYPE, f"{_name(frame)} is never sent by the {sender.value}"
+                ErrorCode.UNKNOWN_FRAME_TYPE,
+                f"{_name(frame)} is never sent by the {rules.role.value}",
             )
         state = self._state
-        if isinstance(frame, Error) and frame.is_fatal:
+        fatal = isinstance(frame, Error) and frame.is_fatal
+        if fatal:
             if self._fatal_error_sent:
                 raise _Violation(ErrorCode.UNEXPECTED_FRAME, "a fatal ERROR was already sent")
-            new_state = State.CLOSED
-        elif state is State.READY and kind in _READY[sender]:
+            new_state = _CLOSED
+        elif state is _READY_STATE and kind in rules.ready:
             if kind is Drained and self._drained:
                 raise _Violation(ErrorCode.UNEXPECTED_FRAME, "DRAINED twice in one session")
-            new_state = State.READY
+            new_state = _READY_STATE
         else:
-            found = _HANDSHAKE.get((sender, state, kind))
+            found = rules.handshake.get((state, kind))
             if found is None:
                 raise _Violation(
                     ErrorCode.UNEXPECTED_FRAME,
                     f"{_name(frame)} is not allowed in state {state.name}",
                 )
             new_state = found
+        rule = rules.id_rule[kind]
         if frame.request_id == 0:
-            if (sender, kind) in _NONZERO_ID or (isinstance(frame, Error) and not frame.is_fatal):
+            if rule == _ID_NONZERO or (kind is Error and not fatal):
                 raise _Violation(ErrorCode.MALFORMED, f"{_name(frame)} needs a non-zero request_id")
-        elif (sender, kind) in _ZERO_ID:
+        elif rule == _ID_ZERO:
             raise _Violation(ErrorCode.MALFORMED, f"{_name(frame)} must have request_id 0")
         return new_state
 
     def _apply(self, frame: Frame, new_state: State) -> None:
         self._state = new_state
-        if isinstance(frame, Drained):
+        kind = type(frame)
+        if kind is Drained:
             self._drained = True
-        elif isinstance(frame, Error) and frame.is_fatal:
+        elif kind is Error and new_state is _CLOSED:
             self._fatal_error_sent = True
 
 

@@ -1,5 +1,5 @@
-"""Frames of wire protocol v1: one frozen dataclass per frame type, their byte layouts, and
-the incremental :class:`FrameDecoder`.
+"""Frames of wire protocol v1: one dataclass per frame type, their byte layouts, and the
+incremental :class:`FrameDecoder`.
 
 A frame on the wire is ``u32 length | u8 type | u32 request_id | body``; ``length`` counts
 the type byte, the request_id and the body, so it is at least 5. Each dataclass below holds
@@ -9,19 +9,35 @@ in code (docs/PROTOCOL.md is the prose version, docs/test-vectors/frames.json th
 
 Decoding is strict (see :mod:`.encoding`): any deviation raises :class:`ProtocolError`.
 Encoding validates field sizes and raises :class:`ValueError` for our own mistakes.
+
+Frames are values: treat them as immutable. They are plain slotted dataclasses (hashable,
+compared by value) rather than ``frozen=True`` ones, because a frozen dataclass pays an
+``object.__setattr__`` call per field on construction, ~5 times the cost of the plain
+``__init__`` (issue 7: the relay builds or parses ~5 frames per message).
+
+The frames on the relay's hot path (SEND, SEND_BLOBS, CONV_SEND, their URGENT variants,
+ACCEPTED, DELIVER, DELIVER_URGENT, ACK, OK, PING, PONG, ERROR) also have a fast encoder and
+decoder below (``_FAST_ENCODE``/``_FAST_DECODE``) working with precompiled ``struct.Struct``s
+on the whole frame at once. A fast function only ever handles well-formed input: on anything
+unusual it returns None (or raises a ``struct`` error), and the generic field-by-field code
+runs instead and produces the one exact result or error. So the generic ``_write``/``_read``
+methods stay the definition of the wire format, and the fast paths must agree with them
+(tests/protocol/test_codec_fast.py checks that on valid and mutated frames).
 """
 
 from __future__ import annotations
 
 import contextlib
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from itertools import pairwise
-from typing import ClassVar, TypeAlias
+from typing import Any, ClassVar, TypeAlias
 
 from .encoding import MAX_U32, USER_ID_LEN, Reader, Writer
 from .errors import ErrorCode, ProtocolError
+from .userid import ALPHABET
 
 __all__ = [
     "BLOB_HASH_LEN",
@@ -160,7 +176,6 @@ MAX_TIMEZONE = 64
 
 _HEADER = struct.Struct(">IBI")  # length, type, request_id
 _LENGTH = struct.Struct(">I")
-_TYPE_AND_ID = struct.Struct(">BI")
 _HEADER_LEN = _HEADER.size  # 9
 _RECIPIENT_MIN_SIZE = USER_ID_LEN + 4 + 4
 
@@ -230,7 +245,7 @@ def _write_exact_bytes(w: Writer, data: bytes, n: int, what: str) -> None:
 # -- handshake ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Hello:
     """HELLO (client to server): the first frame, offering protocol versions min..max."""
 
@@ -253,7 +268,7 @@ class Hello:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Welcome:
     """WELCOME (server to client): chosen version, fresh auth nonce, and the server's limits."""
 
@@ -287,7 +302,7 @@ class Welcome:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Enroll:
     """ENROLL (client to server): redeem an invite code, registering a new device.
 
@@ -319,7 +334,7 @@ class Enroll:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Auth:
     """AUTH (client to server): log in as an enrolled device.
 
@@ -348,7 +363,7 @@ class Auth:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class AuthOk:
     """AUTH_OK (server to client): the connection is authenticated as user_id/device_id."""
 
@@ -370,7 +385,7 @@ class AuthOk:
 # -- generic replies ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Error:
     """ERROR (server to client): a wire error code and a short message.
 
@@ -400,7 +415,7 @@ class Error:
         return cls(request_id, code, r.string(MAX_ERROR_MESSAGE, "message"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Ok:
     """OK (server to client): the request with this request_id succeeded (empty body)."""
 
@@ -415,7 +430,7 @@ class Ok:
         return cls(request_id)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Ping:
     """PING (either direction): liveness check; the peer answers PONG with the same values."""
 
@@ -431,7 +446,7 @@ class Ping:
         return cls(request_id, r.u64("opaque"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Pong:
     """PONG (either direction): answer to PING, echoing its request_id and opaque value."""
 
@@ -450,7 +465,7 @@ class Pong:
 # -- messages ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Recipient:
     """One recipient device of a SEND, with the ``part`` only that device receives."""
 
@@ -480,7 +495,7 @@ def _read_recipients(r: Reader, what: str) -> tuple[Recipient, ...]:
     return tuple(Recipient._read(r) for _ in range(n))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Send:
     """SEND (client to server): store ``payload`` once for every recipient device.
 
@@ -505,7 +520,7 @@ class Send:
         return cls(request_id, message_id, payload, _read_recipients(r, "recipients"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Accepted:
     """ACCEPTED (server to client): the SEND with this message_id is durably stored."""
 
@@ -528,7 +543,7 @@ class Accepted:
         return cls(request_id, message_id, server_ts_ms, flag == 1)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Deliver:
     """DELIVER (server to client): one mailbox entry; acknowledge ``seq`` with ACK."""
 
@@ -556,7 +571,7 @@ class Deliver:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Ack:
     """ACK (client to server): delete these delivered mailbox entries (1..1024 seqs)."""
 
@@ -577,7 +592,7 @@ class Ack:
         return cls(request_id, seqs)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Drained:
     """DRAINED (server to client): the backlog present at login has been delivered.
 
@@ -599,7 +614,7 @@ class Drained:
 # -- key directory -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class KeyPut:
     """KEY_PUT (client to server): upload one SignedRecord; answered with OK."""
 
@@ -615,7 +630,7 @@ class KeyPut:
         return cls(request_id, r.bytes_(MAX_U32, "record"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class KeyGet:
     """KEY_GET (client to server): fetch a user's key records; answered with KEYS."""
 
@@ -631,7 +646,7 @@ class KeyGet:
         return cls(request_id, r.user_id())
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Keys:
     """KEYS (server to client): a user's key records (identity, device lists, current SPKs)."""
 
@@ -651,7 +666,7 @@ class Keys:
         return cls(request_id, user_id, tuple(r.bytes_(MAX_U32, "record") for _ in range(n)))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class KeyClaim:
     """KEY_CLAIM (client to server): take one one-time prekey of a device; answered PREKEY."""
 
@@ -670,7 +685,7 @@ class KeyClaim:
         return cls(request_id, r.user_id(), r.u32("device_id"), r.u16("suite"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Prekey:
     """PREKEY (server to client): the claimed one-time prekey record, empty if none is left."""
 
@@ -686,7 +701,7 @@ class Prekey:
         return cls(request_id, r.bytes_(MAX_U32, "record"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class LinkInvite:
     """LINK_INVITE (client to server): a one-time invite for a further device of my user."""
 
@@ -702,7 +717,7 @@ class LinkInvite:
         return cls(request_id, r.u32("ttl_seconds"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class LinkCode:
     """LINK_CODE (server to client): the invite code for the new device and its expiry."""
 
@@ -735,7 +750,7 @@ def _read_blob_ids(r: Reader) -> tuple[bytes, ...]:
     return tuple(r.fixed(BLOB_ID_LEN, "blob_id") for _ in range(n))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ConvSend:
     """CONV_SEND (client to server): post ``payload`` to a conversation.
 
@@ -768,7 +783,7 @@ class ConvSend:
         return cls(request_id, message_id, conv_id, payload, parts, _read_blob_ids(r))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class SendBlobs:
     """SEND_BLOBS (client to server): a SEND that references attachments (``blob_ids``)."""
 
@@ -792,7 +807,7 @@ class SendBlobs:
         return cls(request_id, message_id, payload, recipients, _read_blob_ids(r))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ConvPut:
     """CONV_PUT (client to server): create a user group or change its roster (answered OK)."""
 
@@ -809,7 +824,7 @@ class ConvPut:
         return cls(request_id, r.fixed(CONV_ID_LEN, "conv_id"), r.bytes_(MAX_U32, "roster_record"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ConvGet:
     """CONV_GET (client to server): a conversation's membership and rosters after an epoch."""
 
@@ -826,7 +841,7 @@ class ConvGet:
         return cls(request_id, r.fixed(CONV_ID_LEN, "conv_id"), r.u64("since_epoch"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ConvMember:
     """One member in CONV_INFO: user and role (0 member, 1 admin)."""
 
@@ -868,7 +883,7 @@ def _read_kind_managed(r: Reader) -> tuple[int, bool]:
     return kind, managed == 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ConvInfo:
     """CONV_INFO (server to client): the server's membership, newer rosters, org key records.
 
@@ -919,7 +934,7 @@ class ConvInfo:
         return cls(request_id, conv_id, kind, managed, epoch, members, rosters, org_keys)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ConvList:
     """CONV_LIST (client to server): the conversations my user is a member of."""
 
@@ -934,7 +949,7 @@ class ConvList:
         return cls(request_id)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ConvSummary:
     """One conversation in CONVS."""
 
@@ -955,7 +970,7 @@ class ConvSummary:
         return cls(conv_id, kind, managed, r.u64("epoch"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Convs:
     """CONVS (server to client, reply to CONV_LIST)."""
 
@@ -977,7 +992,7 @@ class Convs:
 # -- blobs (attachments) -----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class BlobStart:
     """BLOB_START (client to server): begin or resume the upload of ``size`` bytes."""
 
@@ -994,7 +1009,7 @@ class BlobStart:
         return cls(request_id, r.fixed(BLOB_ID_LEN, "blob_id"), r.u64("size"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class BlobStatus:
     """BLOB_STATUS (server to client): how much of an upload the server holds.
 
@@ -1032,7 +1047,7 @@ class BlobStatus:
         return cls(request_id, blob_id, size, received, flag == 1)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class BlobChunk:
     """BLOB_CHUNK (client to server): ``data`` at ``offset`` of an upload."""
 
@@ -1057,7 +1072,7 @@ class BlobChunk:
         return cls(request_id, blob_id, offset, data)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class BlobFinish:
     """BLOB_FINISH (client to server): the upload is complete; ``sha256`` of all its bytes."""
 
@@ -1074,7 +1089,7 @@ class BlobFinish:
         return cls(request_id, r.fixed(BLOB_ID_LEN, "blob_id"), r.fixed(BLOB_HASH_LEN, "sha256"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class BlobGet:
     """BLOB_GET (client to server): read ``length`` bytes of a blob from ``offset``."""
 
@@ -1101,7 +1116,7 @@ class BlobGet:
         return cls(request_id, blob_id, offset, length)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class BlobData:
     """BLOB_DATA (server to client): bytes of a blob from ``offset``.
 
@@ -1135,7 +1150,7 @@ class BlobData:
 # -- push wake-ups -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class PushSet:
     """PUSH_SET (client to server): this device's push target, replacing any earlier one.
 
@@ -1175,7 +1190,7 @@ class PushSet:
         return cls(request_id, kind, device_kind, target)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class PushClear:
     """PUSH_CLEAR (client to server): remove this device's push target (empty body; OK)."""
 
@@ -1190,7 +1205,7 @@ class PushClear:
         return cls(request_id)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class PushDropped:
     """PUSH_DROPPED (server to client, request_id 0): the server dropped this device's target.
 
@@ -1216,7 +1231,7 @@ class PushDropped:
 # -- urgent messages: the same layouts under their own type bytes ---------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class SendUrgent(Send):
     """SEND_URGENT (client to server): a SEND marked urgent (passes quiet hours).
 
@@ -1227,7 +1242,7 @@ class SendUrgent(Send):
     TYPE: ClassVar[int] = FrameType.SEND_URGENT
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ConvSendUrgent(ConvSend):
     """CONV_SEND_URGENT (client to server): a CONV_SEND marked urgent.
 
@@ -1238,7 +1253,7 @@ class ConvSendUrgent(ConvSend):
     TYPE: ClassVar[int] = FrameType.CONV_SEND_URGENT
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class DeliverUrgent(Deliver):
     """DELIVER_URGENT (server to client, request_id 0): a DELIVER of an urgent message.
 
@@ -1248,7 +1263,7 @@ class DeliverUrgent(Deliver):
     TYPE: ClassVar[int] = FrameType.DELIVER_URGENT
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class QuietSet:
     """QUIET_SET (client to server): the user's own working window, which can only narrow
     the operator's quiet-hours policies (it is one more policy for this user).
@@ -1380,11 +1395,340 @@ FRAME_CLASSES: dict[int, type[Frame]] = {
 """Frame class by type byte."""
 
 
-def encode_frame(frame: Frame) -> bytes:
-    """Encode a whole frame, including its u32 length prefix.
+# -- fast paths for the relay's hot frames (see the module docstring) ---------------------------
 
-    Raises :class:`ValueError` if a field is out of range or of the wrong size.
-    """
+_Buffer: TypeAlias = bytes | bytearray | memoryview
+_FastDecoder: TypeAlias = Callable[[int, _Buffer, int, int], "Frame | None"]
+_FastEncoder: TypeAlias = Callable[[Any], "bytes | None"]
+
+_U32 = struct.Struct(">I")
+_U16_U32 = struct.Struct(">HI")
+_U64 = struct.Struct(">Q")
+_ID_U32 = struct.Struct(">16sI")  # message_id, payload length
+_ID_ID_U32 = struct.Struct(">16s16sI")  # message_id, conv_id, payload length
+_RECIPIENT = struct.Struct(">8sII")  # user_id, device_id, part length
+_DELIVER_HEAD = struct.Struct(">Q16sQI")  # seq, message_id, server_ts_ms, payload length
+_ACCEPTED_BODY = struct.Struct(">16sQB")
+_H_EMPTY = _HEADER
+_H_U64 = struct.Struct(">IBIQ")  # header + one u64 (PING, PONG)
+_H_U32 = struct.Struct(">IBII")  # header + one u32 (ACK's count)
+_H_ERROR = struct.Struct(">IBIHI")  # header + code + message length
+_H_ACCEPTED = struct.Struct(">IBI16sQB")
+_H_DELIVER = struct.Struct(">IBIQ16sQI")
+_H_SEND = struct.Struct(">IBI16sI")
+_H_CONV_SEND = struct.Struct(">IBI16s16sI")
+_ERROR_CODES: dict[int, int] = {int(code): code for code in ErrorCode}
+_USER_ID_CHARS = ALPHABET.encode("ascii")
+_NO_BLOBS = _U32.pack(0)
+
+
+def _fast_recipients(b: _Buffer, p: int, end: int) -> tuple[tuple[Recipient, ...], int] | None:
+    """``list<Recipient>`` at ``p``: (recipients, position after them), or None."""
+    if end - p < 4:
+        return None
+    (count,) = _U32.unpack_from(b, p)
+    p += 4
+    if count > MAX_RECIPIENTS_WIRE or count * _RECIPIENT_MIN_SIZE > end - p:
+        return None
+    out = []
+    for _ in range(count):
+        if end - p < _RECIPIENT_MIN_SIZE:
+            return None
+        raw_uid, device_id, n = _RECIPIENT.unpack_from(b, p)
+        p += _RECIPIENT_MIN_SIZE
+        if n > MAX_PART or n > end - p or raw_uid.translate(None, _USER_ID_CHARS):
+            return None
+        out.append(Recipient(raw_uid.decode("ascii"), device_id, bytes(b[p : p + n])))
+        p += n
+    return tuple(out), p
+
+
+def _fast_blob_ids(b: _Buffer, p: int, end: int) -> tuple[bytes, ...] | None:
+    """``list<u8[16]>`` of blob IDs filling exactly ``b[p:end]``, or None."""
+    if end - p < 4:
+        return None
+    (count,) = _U32.unpack_from(b, p)
+    p += 4
+    if count > MAX_BLOB_REFS or end - p != count * BLOB_ID_LEN:
+        return None
+    return tuple(bytes(b[q : q + BLOB_ID_LEN]) for q in range(p, end, BLOB_ID_LEN))
+
+
+def _fast_send_head(b: _Buffer, p: int, end: int) -> tuple[bytes, bytes, int] | None:
+    """SEND's message_id and payload: (message_id, payload, position after), or None."""
+    if end - p < _ID_U32.size:
+        return None
+    message_id, n = _ID_U32.unpack_from(b, p)
+    p += _ID_U32.size
+    if n > end - p:
+        return None
+    return message_id, bytes(b[p : p + n]), p + n
+
+
+def _dec_send(cls: type[Send]) -> _FastDecoder:
+    def decode(request_id: int, b: _Buffer, p: int, end: int) -> Send | None:
+        head = _fast_send_head(b, p, end)
+        if head is None:
+            return None
+        message_id, payload, p = head
+        found = _fast_recipients(b, p, end)
+        if found is None or found[1] != end:
+            return None
+        return cls(request_id, message_id, payload, found[0])
+
+    return decode
+
+
+def _dec_send_blobs(request_id: int, b: _Buffer, p: int, end: int) -> SendBlobs | None:
+    head = _fast_send_head(b, p, end)
+    if head is None:
+        return None
+    message_id, payload, p = head
+    found = _fast_recipients(b, p, end)
+    if found is None:
+        return None
+    blob_ids = _fast_blob_ids(b, found[1], end)
+    if blob_ids is None:
+        return None
+    return SendBlobs(request_id, message_id, payload, found[0], blob_ids)
+
+
+def _dec_conv_send(cls: type[ConvSend]) -> _FastDecoder:
+    def decode(request_id: int, b: _Buffer, p: int, end: int) -> ConvSend | None:
+        if end - p < _ID_ID_U32.size:
+            return None
+        message_id, conv_id, n = _ID_ID_U32.unpack_from(b, p)
+        p += _ID_ID_U32.size
+        if n > end - p:
+            return None
+        payload = bytes(b[p : p + n])
+        found = _fast_recipients(b, p + n, end)
+        if found is None:
+            return None
+        blob_ids = _fast_blob_ids(b, found[1], end)
+        if blob_ids is None:
+            return None
+        return cls(request_id, message_id, conv_id, payload, found[0], blob_ids)
+
+    return decode
+
+
+def _dec_accepted(request_id: int, b: _Buffer, p: int, end: int) -> Accepted | None:
+    if end - p != _ACCEPTED_BODY.size:
+        return None
+    message_id, server_ts_ms, flag = _ACCEPTED_BODY.unpack_from(b, p)
+    if flag > 1:
+        return None
+    return Accepted(request_id, message_id, server_ts_ms, flag == 1)
+
+
+def _dec_deliver(cls: type[Deliver]) -> _FastDecoder:
+    def decode(request_id: int, b: _Buffer, p: int, end: int) -> Deliver | None:
+        if end - p < _DELIVER_HEAD.size + 4:
+            return None
+        seq, message_id, server_ts_ms, n = _DELIVER_HEAD.unpack_from(b, p)
+        p += _DELIVER_HEAD.size
+        if n + 4 > end - p:
+            return None
+        payload = bytes(b[p : p + n])
+        p += n
+        (m,) = _U32.unpack_from(b, p)
+        p += 4
+        if m > MAX_PART or end - p != m:
+            return None
+        return cls(request_id, seq, message_id, server_ts_ms, payload, bytes(b[p:end]))
+
+    return decode
+
+
+def _dec_ack(request_id: int, b: _Buffer, p: int, end: int) -> Ack | None:
+    if end - p < 4:
+        return None
+    (n,) = _U32.unpack_from(b, p)
+    if not 1 <= n <= MAX_ACK_SEQS or end - p - 4 != 8 * n:
+        return None
+    if n == 1:
+        return Ack(request_id, _U64.unpack_from(b, p + 4))
+    return Ack(request_id, struct.unpack_from(f">{n}Q", b, p + 4))
+
+
+def _dec_ok(request_id: int, b: _Buffer, p: int, end: int) -> Ok | None:
+    return Ok(request_id) if p == end else None
+
+
+def _dec_u64(cls: type[Ping] | type[Pong]) -> _FastDecoder:
+    def decode(request_id: int, b: _Buffer, p: int, end: int) -> Ping | Pong | None:
+        if end - p != 8:
+            return None
+        return cls(request_id, _U64.unpack_from(b, p)[0])
+
+    return decode
+
+
+def _dec_error(request_id: int, b: _Buffer, p: int, end: int) -> Error | None:
+    if end - p < _U16_U32.size:
+        return None
+    code, n = _U16_U32.unpack_from(b, p)
+    p += _U16_U32.size
+    if n > MAX_ERROR_MESSAGE or end - p != n:
+        return None
+    try:
+        message = str(b[p:end], "utf-8")
+    except UnicodeDecodeError:
+        return None
+    return Error(request_id, _ERROR_CODES.get(code, code), message)
+
+
+def _enc_recipients(out: list[bytes], recipients: tuple[Recipient, ...]) -> int | None:
+    """Append ``list<Recipient>`` to ``out``; return its size, or None if anything is off."""
+    if len(recipients) > MAX_RECIPIENTS_WIRE:
+        return None
+    out.append(_U32.pack(len(recipients)))
+    size = 4
+    for rcpt in recipients:
+        raw_uid = rcpt.user_id.encode("utf-8")
+        part = rcpt.part
+        n = len(part)
+        if len(raw_uid) != USER_ID_LEN or raw_uid.translate(None, _USER_ID_CHARS) or n > MAX_PART:
+            return None
+        out.append(_RECIPIENT.pack(raw_uid, rcpt.device_id, n))
+        out.append(part)
+        size += _RECIPIENT_MIN_SIZE + n
+    return size
+
+
+def _enc_blob_ids(out: list[bytes], blob_ids: tuple[bytes, ...]) -> int | None:
+    """Append ``list<u8[16]>``; return its size, or None if anything is off."""
+    if len(blob_ids) > MAX_BLOB_REFS or any(len(b) != BLOB_ID_LEN for b in blob_ids):
+        return None
+    out.append(_U32.pack(len(blob_ids)))
+    out.extend(blob_ids)
+    return 4 + BLOB_ID_LEN * len(blob_ids)
+
+
+def _enc_send(fr: Send | SendBlobs) -> bytes | None:
+    message_id, payload = fr.message_id, fr.payload
+    if len(message_id) != MESSAGE_ID_LEN:
+        return None
+    out = [b"", payload]
+    size = _enc_recipients(out, fr.recipients)
+    if size is None:
+        return None
+    if isinstance(fr, SendBlobs):
+        more = _enc_blob_ids(out, fr.blob_ids)
+        if more is None:
+            return None
+        size += more
+    n = len(payload)
+    length = MIN_FRAME_LENGTH + _ID_U32.size + n + size
+    out[0] = _H_SEND.pack(length, fr.TYPE, fr.request_id, message_id, n)
+    return b"".join(out) if length <= MAX_U32 else None
+
+
+def _enc_conv_send(fr: ConvSend) -> bytes | None:
+    message_id, conv_id, payload = fr.message_id, fr.conv_id, fr.payload
+    if len(message_id) != MESSAGE_ID_LEN or len(conv_id) != CONV_ID_LEN:
+        return None
+    out = [b"", payload]
+    size = _enc_recipients(out, fr.parts)
+    more = _enc_blob_ids(out, fr.blob_ids)
+    if size is None or more is None:
+        return None
+    n = len(payload)
+    length = MIN_FRAME_LENGTH + _ID_ID_U32.size + n + size + more
+    out[0] = _H_CONV_SEND.pack(length, fr.TYPE, fr.request_id, message_id, conv_id, n)
+    return b"".join(out) if length <= MAX_U32 else None
+
+
+def _enc_accepted(fr: Accepted) -> bytes | None:
+    if len(fr.message_id) != MESSAGE_ID_LEN:
+        return None
+    return _H_ACCEPTED.pack(
+        MIN_FRAME_LENGTH + _ACCEPTED_BODY.size,
+        fr.TYPE,
+        fr.request_id,
+        fr.message_id,
+        fr.server_ts_ms,
+        int(fr.duplicate),
+    )
+
+
+def _enc_deliver(fr: Deliver) -> bytes | None:
+    message_id, payload, part = fr.message_id, fr.payload, fr.part
+    n, m = len(payload), len(part)
+    if len(message_id) != MESSAGE_ID_LEN or m > MAX_PART:
+        return None
+    length = MIN_FRAME_LENGTH + _DELIVER_HEAD.size + n + 4 + m
+    if length > MAX_U32:
+        return None
+    head = _H_DELIVER.pack(length, fr.TYPE, fr.request_id, fr.seq, message_id, fr.server_ts_ms, n)
+    return b"".join((head, payload, _U32.pack(m), part))
+
+
+def _enc_ack(fr: Ack) -> bytes | None:
+    seqs = fr.seqs
+    n = len(seqs)
+    if not 1 <= n <= MAX_ACK_SEQS:
+        return None
+    head = _H_U32.pack(MIN_FRAME_LENGTH + 4 + 8 * n, fr.TYPE, fr.request_id, n)
+    return head + struct.pack(f">{n}Q", *seqs)
+
+
+def _enc_ok(fr: Ok) -> bytes | None:
+    return _H_EMPTY.pack(MIN_FRAME_LENGTH, fr.TYPE, fr.request_id)
+
+
+def _enc_u64(fr: Ping | Pong) -> bytes | None:
+    return _H_U64.pack(MIN_FRAME_LENGTH + 8, fr.TYPE, fr.request_id, fr.opaque)
+
+
+def _enc_error(fr: Error) -> bytes | None:
+    message = fr.message.encode("utf-8")
+    n = len(message)
+    if n > MAX_ERROR_MESSAGE:
+        return None
+    return _H_ERROR.pack(MIN_FRAME_LENGTH + 6 + n, fr.TYPE, fr.request_id, fr.code, n) + message
+
+
+_FAST_DECODE: dict[int, _FastDecoder] = {
+    FrameType.SEND: _dec_send(Send),
+    FrameType.SEND_URGENT: _dec_send(SendUrgent),
+    FrameType.SEND_BLOBS: _dec_send_blobs,
+    FrameType.CONV_SEND: _dec_conv_send(ConvSend),
+    FrameType.CONV_SEND_URGENT: _dec_conv_send(ConvSendUrgent),
+    FrameType.ACCEPTED: _dec_accepted,
+    FrameType.DELIVER: _dec_deliver(Deliver),
+    FrameType.DELIVER_URGENT: _dec_deliver(DeliverUrgent),
+    FrameType.ACK: _dec_ack,
+    FrameType.OK: _dec_ok,
+    FrameType.PING: _dec_u64(Ping),
+    FrameType.PONG: _dec_u64(Pong),
+    FrameType.ERROR: _dec_error,
+}
+"""Fast decoders by type byte: ``(request_id, buffer, body start, body end)`` -> frame or None."""
+
+_FAST_ENCODE: dict[type[Frame], _FastEncoder] = {
+    Send: _enc_send,
+    SendUrgent: _enc_send,
+    SendBlobs: _enc_send,
+    ConvSend: _enc_conv_send,
+    ConvSendUrgent: _enc_conv_send,
+    Accepted: _enc_accepted,
+    Deliver: _enc_deliver,
+    DeliverUrgent: _enc_deliver,
+    Ack: _enc_ack,
+    Ok: _enc_ok,
+    Ping: _enc_u64,
+    Pong: _enc_u64,
+    Error: _enc_error,
+}
+"""Fast encoders by frame class: the whole frame with its length prefix, or None."""
+
+# What a fast function may raise on input the generic code then rejects with its own error.
+_FAST_FAILURES = (struct.error, TypeError, ValueError, OverflowError, AttributeError)
+
+
+def _encode_generic(frame: Frame) -> bytes:
     if not 0 <= frame.request_id <= MAX_U32:
         raise ValueError(f"request_id out of range: {frame.request_id}")
     w = Writer()
@@ -1395,12 +1739,9 @@ def encode_frame(frame: Frame) -> bytes:
     return w.getvalue(_HEADER.pack(length, frame.TYPE, frame.request_id))
 
 
-def decode_frame(frame_type: int, request_id: int, body: bytes | bytearray | memoryview) -> Frame:
-    """Decode one frame body, given the type byte and request_id from the frame header.
-
-    Raises :class:`ProtocolError`: UNKNOWN_FRAME_TYPE for a type not in protocol v1,
-    MALFORMED if the body does not parse exactly.
-    """
+def _decode_generic(
+    frame_type: int, request_id: int, body: bytes | bytearray | memoryview
+) -> Frame:
     cls = FRAME_CLASSES.get(frame_type)
     if cls is None:
         raise ProtocolError(ErrorCode.UNKNOWN_FRAME_TYPE, f"unknown frame type 0x{frame_type:02x}")
@@ -1412,6 +1753,36 @@ def decode_frame(frame_type: int, request_id: int, body: bytes | bytearray | mem
         name = FrameType(frame_type).name
         raise ProtocolError(exc.code, f"{name}: {exc.message}") from None
     return frame
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """Encode a whole frame, including its u32 length prefix.
+
+    Raises :class:`ValueError` if a field is out of range or of the wrong size.
+    """
+    fast = _FAST_ENCODE.get(type(frame))
+    if fast is not None:
+        try:
+            data = fast(frame)
+        except _FAST_FAILURES:
+            data = None
+        if data is not None:
+            return data
+    return _encode_generic(frame)
+
+
+def decode_frame(frame_type: int, request_id: int, body: bytes | bytearray | memoryview) -> Frame:
+    """Decode one frame body, given the type byte and request_id from the frame header.
+
+    Raises :class:`ProtocolError`: UNKNOWN_FRAME_TYPE for a type not in protocol v1,
+    MALFORMED if the body does not parse exactly.
+    """
+    fast = _FAST_DECODE.get(frame_type)
+    if fast is not None:
+        frame = fast(request_id, body, 0, len(body))
+        if frame is not None:
+            return frame
+    return _decode_generic(frame_type, request_id, body)
 
 
 class FrameDecoder:
@@ -1499,12 +1870,19 @@ class FrameDecoder:
         end = pos + 4 + length
         if len(buf) < end:
             return None
-        _, request_id = _TYPE_AND_ID.unpack_from(buf, pos + 4)
+        (request_id,) = _U32.unpack_from(buf, pos + 5)
         self._pos = end
-        # Parse the body in place. Both views are released before feed() may resize the
-        # buffer (a bytearray cannot be resized while a view of it exists).
-        with memoryview(buf) as view, view[pos + _HEADER_LEN : end] as body:
-            return decode_frame(frame_type, request_id, body)
+        # Parse the body in place. Every view is released before feed() may resize the
+        # buffer (a bytearray cannot be resized while a view of it exists); the fast decoders
+        # only make short-lived slices of the view, copied into bytes at once.
+        with memoryview(buf) as view:
+            fast = _FAST_DECODE.get(frame_type)
+            if fast is not None:
+                frame = fast(request_id, view, pos + _HEADER_LEN, end)
+                if frame is not None:
+                    return frame
+            with view[pos + _HEADER_LEN : end] as body:
+                return _decode_generic(frame_type, request_id, body)
 
 
 def _check_max_frame_bytes(value: int) -> int:
