@@ -51,7 +51,7 @@ VALID: list[f.Frame] = [
 
 def generic_outcome(data: bytes) -> object:
     """What the generic decoder makes of one whole frame: the frame or (code, message)."""
-    length, frame_type, request_id = f._HEADER.unpack_from(data)
+    _length, frame_type, request_id = f._HEADER.unpack_from(data)
     try:
         return f._decode_generic(frame_type, request_id, data[f._HEADER_LEN :])
     except ProtocolError as exc:
