@@ -7,28 +7,152 @@ paths are cached here, since ``.labels()`` costs a dictionary lookup and a lock.
 
 The HTTP endpoint runs on prometheus-client's own thread, so /metrics keeps answering during
 an event-loop stall, which ``momedod_event_loop_lag_seconds`` then shows.
+
+Cheap updates (issue 7): prometheus-client keeps every value in a ``MutexValue`` that takes a
+``threading.Lock`` on each ``inc()``/``observe()``/``set()``, and ``.labels()`` takes the
+parent's lock too. The metric classes here are prometheus-client's own ``Counter``/``Gauge``/
+``Histogram`` (so names, labels, types, help and the exposition are exactly theirs, produced
+by their ``collect()`` at scrape time), with the values held in plain Python floats without
+a lock and the update methods reduced to the arithmetic. One update is a handful of bytecodes
+with no call in between, which CPython's GIL does not interrupt, so concurrent updates from
+the event loop and the store's writer thread are not lost; a scrape reads each float once.
 """
 
 from __future__ import annotations
 
+import gc
+import math
 import threading
+import time
+from bisect import bisect_left
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    Info,
-    start_http_server,
-)
+import prometheus_client
+from prometheus_client import CollectorRegistry, Info, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 import momedod
+
+
+class _Value:
+    """A metric value without a lock (prometheus-client's ``MutexValue`` interface)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self) -> None:
+        self._value = 0.0
+
+    def inc(self, amount: float) -> None:
+        self._value += amount
+
+    def set(self, value: float, timestamp: float | None = None) -> None:
+        self._value = value
+
+    def get(self) -> float:
+        return self._value
+
+    def set_exemplar(self, exemplar: Any) -> None:
+        raise NotImplementedError("momedod metrics carry no exemplars")
+
+    def get_exemplar(self) -> None:
+        return None
+
+
+def _not_observable(metric: Any) -> ValueError:
+    # The same error prometheus-client raises for a labelled parent without label values.
+    return ValueError(f"{metric._type} metric is missing label values")
+
+
+_M = TypeVar("_M", bound="_FastLabels")
+
+
+class _FastLabels:
+    """``.labels(*values)`` from a plain dict; the parent's locked path only on a miss."""
+
+    _children_by_values: dict[tuple[object, ...], Any]
+
+    def labels(self: _M, *labelvalues: object, **labelkwargs: object) -> _M:
+        child: _M
+        if labelvalues and not labelkwargs:
+            try:
+                return self._children_by_values[labelvalues]  # type: ignore[no-any-return]
+            except AttributeError:
+                self._children_by_values = {}
+            except KeyError:
+                pass
+            child = super().labels(*labelvalues)  # type: ignore[misc]
+            self._children_by_values[labelvalues] = child
+            return child
+        child = super().labels(*labelvalues, **labelkwargs)  # type: ignore[misc]
+        return child
+
+
+class Counter(_FastLabels, prometheus_client.Counter):
+    """prometheus_client.Counter with lock-free increments."""
+
+    def _metric_init(self) -> None:
+        self._value = _Value()
+        self._created = time.time()
+
+    def inc(self, amount: float = 1, exemplar: dict[str, str] | None = None) -> None:
+        if amount < 0:
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
+        if exemplar:
+            raise ValueError("momedod metrics carry no exemplars")
+        try:
+            self._value._value += amount
+        except AttributeError:
+            raise _not_observable(self) from None
+
+
+class Gauge(_FastLabels, prometheus_client.Gauge):
+    """prometheus_client.Gauge (mode "all") with lock-free updates."""
+
+    def _metric_init(self) -> None:
+        self._value = _Value()
+
+    def inc(self, amount: float = 1) -> None:
+        try:
+            self._value._value += amount
+        except AttributeError:
+            raise _not_observable(self) from None
+
+    def dec(self, amount: float = 1) -> None:
+        try:
+            self._value._value -= amount
+        except AttributeError:
+            raise _not_observable(self) from None
+
+    def set(self, value: float) -> None:
+        try:
+            self._value._value = float(value)
+        except AttributeError:
+            raise _not_observable(self) from None
+
+
+class Histogram(_FastLabels, prometheus_client.Histogram):
+    """prometheus_client.Histogram with lock-free observations (one bisect, two adds)."""
+
+    def _metric_init(self) -> None:
+        self._created = time.time()
+        self._sum = _Value()
+        self._buckets = [_Value() for _ in self._upper_bounds]
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        if exemplar:
+            raise ValueError("momedod metrics carry no exemplars")
+        try:
+            self._sum._value += amount
+        except AttributeError:
+            raise _not_observable(self) from None
+        if not math.isnan(amount):  # NaN is <= no bound: counted in no bucket, as upstream
+            # The first bucket whose upper bound is >= amount (the last bound is +Inf).
+            self._buckets[bisect_left(self._upper_bounds, amount)]._value += 1.0
+
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
@@ -244,6 +368,14 @@ PUSH_QUEUE = Gauge(
     registry=REGISTRY,
 )
 
+GC_PAUSE = Histogram(
+    "momedod_gc_pause_seconds",
+    "Time each garbage-collector run stopped the process, by generation collected.",
+    ["generation"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+    registry=REGISTRY,
+)
+
 
 class StoreSnapshot:
     """Gauges read from the store by the housekeeping task (not on every scrape)."""
@@ -305,6 +437,45 @@ class StoreMetrics:
 
     def batch(self, size: int) -> None:
         STORE_BATCH.observe(size)
+
+
+class _GCTimer:
+    """A ``gc.callbacks`` entry: observes every collection's duration into GC_PAUSE.
+
+    Collections run under the GIL, one at a time, so one start time is enough. Allocates
+    nothing per collection beyond the float it observes (a callback that allocated a lot
+    could itself trigger collections).
+    """
+
+    __slots__ = ("_by_generation", "_clock", "_start")
+
+    def __init__(self) -> None:
+        self._clock = time.perf_counter
+        self._start = 0.0
+        self._by_generation = [GC_PAUSE.labels(str(g)) for g in range(3)]  # series from 0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = self._clock()
+        else:
+            self._by_generation[info["generation"]].observe(self._clock() - self._start)
+
+
+def install_gc_timer() -> None:
+    """Time every garbage collection into ``momedod_gc_pause_seconds`` (once per process)."""
+    if not any(isinstance(cb, _GCTimer) for cb in gc.callbacks):
+        gc.callbacks.append(_GCTimer())
+
+
+def freeze_heap() -> None:
+    """Collect once, then move every object alive now out of the collector's reach.
+
+    Called once start-up is done (store open, listeners bound): the objects built until
+    then live as long as the process, and ``gc.freeze()`` keeps later collections from
+    walking them again and again (shorter pauses; Python docs, ``gc.freeze``).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def serve(address: str, port: int) -> Any:

@@ -566,9 +566,13 @@ async def _session_nursery(*, task_status: trio.TaskStatus[trio.Nursery]) -> Non
 
 
 async def _main(config: Config) -> None:
+    metrics.install_gc_timer()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             daemon: Daemon = await nursery.start(serve, config)
+            # Start-up is done (store open, listeners and admin socket bound): what is alive
+            # now stays alive, so the garbage collector need not walk it again (issue 7).
+            metrics.freeze_heap()
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     await daemon.reload()
