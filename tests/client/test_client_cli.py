@@ -13,11 +13,36 @@ from support import VENV_BIN, DaemonProcess, admin_call, free_port
 from momedod.protocol.userid import normalize
 
 
-def momedo(profile: Path, *args: str, json_out: bool = False) -> subprocess.CompletedProcess[str]:
+def momedo_argv(profile: Path, *args: str, json_out: bool = False) -> list[str]:
     cmd = [str(VENV_BIN / "momedo"), "--profile", str(profile)]
     if json_out:
         cmd.append("--json")
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=60)
+    return [*cmd, *args]
+
+
+def momedo(profile: Path, *args: str, json_out: bool = False) -> subprocess.CompletedProcess[str]:
+    argv = momedo_argv(profile, *args, json_out=json_out)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+def at_once(*argvs: list[str]) -> list[subprocess.CompletedProcess[str]]:
+    """Run independent commands (other users' profiles) side by side: each ``momedo`` spends
+    ~1 s starting Python and its imports."""
+    procs = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for argv in argvs
+    ]
+    results = []
+    try:
+        for argv, proc in zip(argvs, procs, strict=True):
+            out, err = proc.communicate(timeout=60)
+            results.append(subprocess.CompletedProcess(argv, proc.returncode, out, err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return results
 
 
 def momedoctl(proc: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
@@ -37,11 +62,15 @@ def test_cli_two_users_send_recv_and_server_sees_no_plaintext(tmp_path):
     marker = "CLI-MARKER-" + secrets.token_hex(8)
     try:
         users = {}
-        for name in ("Alice", "Bob"):
-            link = admin_call(proc.socket, "user.add", name=name)["invite"]["link"]
-            prof = tmp_path / name.lower()
-            out = json.loads(ok(momedo(prof, "enroll", link, "--name", name, json_out=True)))
-            users[name] = (prof, out["user_id"])
+        names = ("Alice", "Bob")
+        links = [admin_call(proc.socket, "user.add", name=n)["invite"]["link"] for n in names]
+        enrolls = [
+            momedo_argv(tmp_path / n.lower(), "enroll", link, "--name", n, json_out=True)
+            for n, link in zip(names, links, strict=True)
+        ]
+        for name, res in zip(names, at_once(*enrolls), strict=True):
+            out = json.loads(ok(res))
+            users[name] = (tmp_path / name.lower(), out["user_id"])
             assert out["qr"].startswith("MOMEDO1:" + normalize(out["user_id"]))
         (alice, a_id), (bob, b_id) = users["Alice"], users["Bob"]
 
@@ -62,8 +91,13 @@ def test_cli_two_users_send_recv_and_server_sees_no_plaintext(tmp_path):
         contacts = json.loads(ok(momedo(alice, "contacts", json_out=True)))["contacts"]
         assert [(c["user_id"], c["level"]) for c in contacts] == [(b_id, "unverified")]
 
-        va = json.loads(ok(momedo(alice, "verify", b_id, json_out=True)))
-        vb = json.loads(ok(momedo(bob, "verify", a_id, json_out=True)))
+        va, vb = (
+            json.loads(ok(res))
+            for res in at_once(
+                momedo_argv(alice, "verify", b_id, json_out=True),
+                momedo_argv(bob, "verify", a_id, json_out=True),
+            )
+        )
         assert va["safety_number"] == vb["safety_number"]
         assert va["their_qr"] == vb["my_qr"] and vb["their_qr"] == va["my_qr"]
         ok(momedo(alice, "trust", b_id, "--qr", va["their_qr"]))
@@ -130,11 +164,13 @@ def test_cli_listen_prints_messages_as_they_arrive(tmp_path):
     proc = DaemonProcess(tmp_path, free_port())
     proc.start()
     try:
-        ids = {}
+        ids, enrolls = {}, []
         for name in ("alice", "bob"):
             out = admin_call(proc.socket, "user.add", name=name)
-            ok(momedo(tmp_path / name, "enroll", out["invite"]["link"]))
+            enrolls.append(momedo_argv(tmp_path / name, "enroll", out["invite"]["link"]))
             ids[name] = out["user"]["user_id"]
+        for res in at_once(*enrolls):
+            ok(res)
         listener = subprocess.Popen(
             [str(VENV_BIN / "momedo"), "--profile", str(tmp_path / "bob"), "--json", "listen"],
             stdout=subprocess.PIPE,
@@ -167,11 +203,12 @@ def test_cli_link_tablet_and_remove_it(tmp_path):
     proc = DaemonProcess(tmp_path, free_port())
     proc.start()
     try:
-        ids = {}
+        ids, enrolls = {}, []
         for name in ("Alice", "Bob"):
             link = admin_call(proc.socket, "user.add", name=name)["invite"]["link"]
-            out = json.loads(ok(momedo(tmp_path / name.lower(), "enroll", link, json_out=True)))
-            ids[name] = out["user_id"]
+            enrolls.append(momedo_argv(tmp_path / name.lower(), "enroll", link, json_out=True))
+        for name, res in zip(("Alice", "Bob"), at_once(*enrolls), strict=True):
+            ids[name] = json.loads(ok(res))["user_id"]
         alice, bob, tablet = tmp_path / "alice", tmp_path / "bob", tmp_path / "tablet"
         a_id, b_id = ids["Alice"], ids["Bob"]
         ok(momedo(bob, "send", a_id, "hi alice"))
@@ -225,12 +262,13 @@ def test_cli_urgent_messages_and_the_quiet_hours_status(tmp_path):
     proc = DaemonProcess(tmp_path, free_port())
     proc.start()
     try:
-        users = {}
+        users, enrolls = {}, []
         for name in ("Alice", "Bob"):
             link = admin_call(proc.socket, "user.add", name=name)["invite"]["link"]
             prof = tmp_path / name.lower()
-            out = json.loads(ok(momedo(prof, "enroll", link, "--name", name, json_out=True)))
-            users[name] = (prof, out["user_id"])
+            enrolls.append(momedo_argv(prof, "enroll", link, "--name", name, json_out=True))
+        for name, res in zip(("Alice", "Bob"), at_once(*enrolls), strict=True):
+            users[name] = (tmp_path / name.lower(), json.loads(ok(res))["user_id"])
         (alice, a_id), (bob, b_id) = users["Alice"], users["Bob"]
         # The operator: Bob has quiet hours except one minute a week, on the day after
         # tomorrow (so the test never runs inside it); only Alice may send

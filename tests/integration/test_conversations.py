@@ -352,11 +352,13 @@ async def fanout_to_channel(sock: Path, state_dir: Path, n: int) -> None:
     )
 
 
-async def test_post_to_200_device_channel_is_stored_once_and_delivered_to_all(
+async def test_post_to_64_device_channel_is_stored_once_and_delivered_to_all(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
-    server = await start_with_policy(tmp_path, nursery)  # room for 200 connections
-    await fanout_to_channel(server.socket, server.state_dir, 200)
+    """The fan-out with an in-process daemon; the acceptance size (1,000) is the test below.
+    64 devices is still more than the enrolment (16) and connect (32) concurrency."""
+    server = await start_with_policy(tmp_path, nursery)
+    await fanout_to_channel(server.socket, server.state_dir, 64)
 
 
 @pytest.mark.slow

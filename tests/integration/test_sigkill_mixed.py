@@ -188,7 +188,7 @@ def integrity_ok(proc: DaemonProcess) -> None:
         assert db.execute("PRAGMA foreign_key_check").fetchall() == []
 
 
-@pytest.mark.parametrize("rounds", [3, pytest.param(15, marks=pytest.mark.long)])
+@pytest.mark.parametrize("rounds", [2, pytest.param(15, marks=pytest.mark.long)])
 async def test_sigkill_at_random_points_of_mixed_traffic(tmp_path, rounds: int) -> None:  # type: ignore[no-untyped-def]
     seed = int(os.environ.get("MOMEDO_KILL_SEED", random.randrange(2**32)))
     print(f"MOMEDO_KILL_SEED={seed}")
