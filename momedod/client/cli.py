@@ -31,7 +31,7 @@ from momedod.e2e.errors import E2EError
 from momedod.e2e.safety import parse_qr, qr_string
 from momedod.e2e.trust import QrMismatch
 from momedod.protocol.frames import Drained
-from momedod.protocol.invite import InvalidInviteLink, fingerprint_text
+from momedod.protocol.invite import Address, InvalidInviteLink, fingerprint_text, format_address
 from momedod.protocol.userid import InvalidUserId, display, normalize
 from momedod.quiet import parse_days, parse_time, parse_window
 
@@ -62,6 +62,7 @@ async def _status(creds: Credentials) -> Out:
     # Counts without acknowledging, so at most one delivery window can be seen.
     pending = 0
     async with connect(creds) as client:
+        address = client.address
         assert client.welcome is not None
         window = client.welcome.delivery_window
         while pending < window:
@@ -73,10 +74,21 @@ async def _status(creds: Credentials) -> Out:
     return {
         "user_id": display(creds.user_id),
         "device_id": creds.device_id,
-        "server": f"{creds.host}:{creds.port}",
+        **_servers(creds, address),
         "login": "ok",
         "waiting_messages": shown,
     }
+
+
+def _servers(creds: Credentials, connected: Address | None = None) -> Out:
+    """``server`` (the first address, as before) and, for a server with several nodes,
+    ``servers`` (all of them) and ``connected_to``."""
+    out: Out = {"server": format_address(creds.host, creds.port)}
+    if len(creds.addresses) > 1:
+        out["servers"] = [format_address(h, p) for h, p in creds.addresses]
+        if connected is not None:
+            out["connected_to"] = format_address(*connected)
+    return out
 
 
 def _suites_arg(text: str) -> tuple[int, ...]:
@@ -117,9 +129,11 @@ def _whoami(profile: Profile) -> Out:
     out: Out = {
         "user_id": display(creds.user_id),
         "device_id": creds.device_id,
-        "server": f"{creds.host}:{creds.port}",
+        **_servers(creds),
         "server_fingerprint": fingerprint_text(creds.fingerprint),
     }
+    if len(creds.fingerprints) > 1:
+        out["server_fingerprints"] = [fingerprint_text(x) for x in creds.fingerprints]
     if profile.has_e2e():
         state = profile.load_state()
         uik = state.uik_public()
@@ -412,7 +426,10 @@ def _parser() -> argparse.ArgumentParser:
         "the highest",
     )
     sub.add_parser("whoami", help="this device's user ID, server and identity fingerprint")
-    sub.add_parser("status", help="log in and count waiting messages (without taking them)")
+    sub.add_parser(
+        "status",
+        help="log in and count waiting messages (without taking them); shows the server addresses",
+    )
     p = sub.add_parser(
         "quiet", help="your own quiet hours: they can only add quiet time to the operator's"
     )
@@ -444,7 +461,11 @@ def _parser() -> argparse.ArgumentParser:
         "--wait", type=float, default=0.0, help="keep listening this many seconds after catch-up"
     )
     p.add_argument("--save-dir", type=Path, metavar="DIR", help="save received attachments here")
-    p = sub.add_parser("listen", help="print messages as they arrive until interrupted")
+    p = sub.add_parser(
+        "listen",
+        help="print messages as they arrive until interrupted (reconnects, to any of the "
+        "server's addresses, when the connection breaks)",
+    )
     p.add_argument("--save-dir", type=Path, metavar="DIR", help="save received attachments here")
     p = sub.add_parser("group", help="create a group or channel, add or remove members")
     gsub = p.add_subparsers(dest="group_cmd", required=True)
