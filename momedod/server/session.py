@@ -157,6 +157,8 @@ class Session:
         self._inflight: set[int] = set()  # seqs delivered in this session and not yet acked
         self._live: dict[int, MailboxEntry] = {}  # offered by presence, by seq
         self._live_bytes = 0  # payload bytes held in _live
+        self._cursor = 0  # highest seq delivered in this session
+        self._pump_idle = False  # the pump waits for offers, everything before is delivered
         self._live_overflow = False
         self._mobile = False  # declared with PUSH_SET; quiet hours may defer its delivery
         self._deferred_from: int | None = None  # lowest seq held back by quiet hours
@@ -176,6 +178,21 @@ class Session:
     # --- hooks used by presence -------------------------------------------------------------
 
     def offer(self, entry: MailboxEntry) -> None:
+        if (
+            self._pump_idle
+            and entry.seq == self._cursor + 1
+            and not self._writing
+            and self._final is None
+            and len(self._inflight) < DELIVERY_WINDOW
+            and not self._deferring()
+        ):
+            # The pump has delivered everything before this entry and waits: deliver it from
+            # here (the sender's task) instead of waking the pump for it.
+            self._cursor = entry.seq
+            self._inflight.add(entry.seq)
+            self._queue_deliver(entry)
+            self._flush_nowait()
+            return
         size = len(entry.payload) + len(entry.part)
         if len(self._live) < LIVE_MAX and self._live_bytes + size <= LIVE_MAX_BYTES:
             self._live[entry.seq] = entry
@@ -298,8 +315,7 @@ class Session:
         if silent >= idle / 2 and not self._ping_sent:
             self._ping_sent = True
             self._queue(f.Ping(0, secrets.randbits(64)))
-            if not self._writing and self._nursery is not None:
-                self._nursery.start_soon(self._flush)
+            self._flush_nowait()
         if self._ping_sent:
             return self._last_rx + idle
         return self._last_rx + idle / 2
@@ -366,50 +382,53 @@ class Session:
 
     async def _pump(self) -> None:
         store, (uid, did) = self.ctx.store, self.addr
-        cursor = 0  # highest seq delivered in this session
         drained = False
         read_store = True
         while True:
             wake = self._wake_event = trio.Event()
             defer = self._deferring()
             if not defer and self._deferred_from is not None:  # quiet hours ended: catch up
-                cursor = min(cursor, self._deferred_from - 1)
+                self._cursor = min(self._cursor, self._deferred_from - 1)
                 self._deferred_from = None
                 read_store = True
             if read_store or self._live_overflow:
                 self._live_overflow = False
-                entries = await store.fetch(uid, did, cursor, FETCH_BATCH)
+                entries = await store.fetch(uid, did, self._cursor, FETCH_BATCH)
                 for e in entries:
                     if defer and not e.urgent:
                         self._defer(e.seq)
                     else:
                         await self._deliver(e, flush=False)
-                    cursor = e.seq
+                    self._cursor = e.seq
                 await self._flush()
                 if len(entries) == FETCH_BATCH:
                     continue
                 read_store = False
                 if not drained:
                     drained = True
-                    await self._send(f.Drained(0, cursor))
+                    await self._send(f.Drained(0, self._cursor))
             live = self._live
-            while cursor + 1 in live:
-                e = live.pop(cursor + 1)
+            while self._cursor + 1 in live:
+                e = live.pop(self._cursor + 1)
                 self._live_bytes -= len(e.payload) + len(e.part)
                 if defer and not e.urgent:
                     self._defer(e.seq)
                 else:
                     await self._deliver(e, flush=False)
-                cursor = e.seq
+                self._cursor = e.seq
             await self._flush()
-            for seq in [s for s in live if s <= cursor]:
+            for seq in [s for s in live if s <= self._cursor]:
                 e = live.pop(seq)
                 self._live_bytes -= len(e.payload) + len(e.part)
             if live:  # a gap before the next offered seq: the store has the whole sequence
                 read_store = True
                 continue
             if self._deferred_from is None:
-                await wake.wait()
+                self._pump_idle = True  # offers that continue the sequence go out directly
+                try:
+                    await wake.wait()
+                finally:
+                    self._pump_idle = False
             else:
                 with trio.move_on_after(QUIET_TICK):
                     await wake.wait()
@@ -430,8 +449,17 @@ class Session:
             self._acked = trio.Event()
             await self._acked.wait()
         self._inflight.add(e.seq)
+        if self._final is not None:
+            return
+        self._queue_deliver(e)
+        if self._writing:
+            await self._send_wait()
+        elif flush or len(self._out) >= OUTBOX_FRAMES:
+            await self._flush()
+
+    def _queue_deliver(self, e: MailboxEntry) -> None:
         kind = f.DeliverUrgent if e.urgent else f.Deliver
-        await self._send(kind(0, e.seq, e.message_id, e.server_ts_ms, e.payload, e.part), flush)
+        self._queue(kind(0, e.seq, e.message_id, e.server_ts_ms, e.payload, e.part))
         metrics.MESSAGES_DELIVERED.inc()
         metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - e.server_ts_ms / 1000))
 
@@ -444,13 +472,67 @@ class Session:
         if self._final is not None:  # closing: only the final ERROR goes out now
             return
         self._queue(frame)
-        if self._writing:  # the task writing takes it; wait only if the outbox is full
-            while self._writing and len(self._out) >= OUTBOX_FRAMES and self._final is None:
-                if self._room is None:
-                    self._room = trio.Event()
-                await self._room.wait()
+        if self._writing:
+            await self._send_wait()
         elif flush or len(self._out) >= OUTBOX_FRAMES:
             await self._flush()
+
+    async def _send_wait(self) -> None:
+        """A write is in progress and takes what is queued; wait only if the outbox is full."""
+        while self._writing and len(self._out) >= OUTBOX_FRAMES and self._final is None:
+            if self._room is None:
+                self._room = trio.Event()
+            await self._room.wait()
+
+    def _flush_nowait(self) -> None:
+        """Write the outbox if the kernel takes it at once; else a task finishes the write."""
+        if self._writing or not self._out or self._closed:
+            return
+        out = self._out
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self._write_cut = True
+        try:
+            if self.stream.send_nowait(data):
+                self._write_cut = False
+                return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._drop()
+            return
+        self._writing = True
+        try:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._finish_write)
+        except RuntimeError:  # the session is ending
+            self._writing = False
+            self._drop()
+
+    async def _finish_write(self) -> None:
+        try:
+            done = await self._wait_sent()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            done = False
+            self._drop()
+        self._writing = False
+        if done:
+            self._write_cut = False
+            await self._flush()  # what was queued meanwhile
+        elif self._room is not None:
+            self._room.set()
+            self._room = None
+
+    async def _wait_sent(self) -> bool:
+        """Wait for a write the kernel could not take at once; False (dropped) on timeout."""
+        # Shielded: the final ERROR of a closing session must still get through, and this
+        # write must finish before it. The timeout bounds it.
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + self.ctx.write_timeout
+            await self.stream.wait_sent()
+        if scope.cancelled_caught:
+            self._log.info("connection.write_timeout")
+            self._drop()
+            return False
+        return True
 
     async def _flush(self) -> None:
         """Write everything queued (and what others queue meanwhile); one writer at a time."""
@@ -466,16 +548,8 @@ class Session:
                     self._room.set()
                     self._room = None
                 self._write_cut = True
-                if not stream.send_nowait(data):
-                    # Shielded: the final ERROR of a closing session must still get through,
-                    # and this write must finish before it. The timeout bounds it.
-                    with trio.CancelScope(shield=True) as scope:
-                        scope.deadline = trio.current_time() + self.ctx.write_timeout
-                        await stream.wait_sent()
-                    if scope.cancelled_caught:
-                        self._log.info("connection.write_timeout")
-                        self._drop()
-                        return
+                if not stream.send_nowait(data) and not await self._wait_sent():
+                    return
                 self._write_cut = False
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._drop()
