@@ -17,6 +17,7 @@ from momedod.config import ListenerConfig
 from momedod.observability import metrics
 from momedod.server.session import Session, SessionContext
 from momedod.server.tls import TLSMaterial
+from momedod.server.tlsstream import TLSConn
 
 log = structlog.get_logger("momedod.listener")
 
@@ -106,6 +107,8 @@ async def _accept_loop(
             limiter.release_on_behalf_of(token)
             raise
         metrics.CONNECTIONS_ACCEPTED.labels(state.name).inc()
+        if ctx.timers.nursery is None:
+            ctx.timers.nursery = sessions
         sessions.start_soon(_serve_one, stream, token, limiter, state, ctx)
 
 
@@ -127,7 +130,7 @@ async def _serve_one(
         except OSError:
             pass
         # The context at accept time: a reload's new certificate serves new connections.
-        tls = trio.SSLStream(stream, state.tls.context, server_side=True)
+        tls = TLSConn.from_stream(stream, state.tls.context)
         await Session(ctx, tls, peer, state.tls.fingerprint).run()
     except Exception:
         # A bug in one session must not take the listener (and everyone else) down.

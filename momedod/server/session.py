@@ -1,14 +1,19 @@
 """One client connection: TLS handshake, authentication, requests and mailbox delivery.
 
-Tasks per session, all owned by one nursery:
-- reader: feeds received bytes to the sans-IO ``Connection`` and handles each request in order
-  (a SEND is answered only after the store has committed it);
-- writer: drains the bounded outbox and coalesces everything queued into one ``send_all``;
-- timer: enforces the handshake deadline, pings after half the idle timeout, drops dead peers;
+At most two tasks per session, in one nursery:
+- the session's own task reads: it feeds received bytes to the sans-IO ``Connection`` and
+  handles each request in order (a SEND is answered only after the store has committed it);
 - pump (after authentication): streams the device's mailbox from the store in seq order, then
   delivers live messages as presence offers them. An offer is used only if it continues the
   seq sequence exactly; any gap (offers arrive in the order the senders' tasks resume, not in
   commit order) or overflow falls back to reading the store, which is always complete.
+
+There is no writer task: a task with a frame to send queues it in the bounded outbox and, if
+no write is in progress, writes the outbox itself (``_flush``: one TLS write and one socket
+send for everything queued); while a write is in progress others only queue, and wait when
+OUTBOX_FRAMES are queued. A write the kernel cannot take at once waits, shielded, for at most
+``write_timeout``. The handshake deadline, the ping after half the idle timeout and the idle
+timeout are checked by one timer task shared by all sessions (``timers.py``).
 
 A fatal condition calls ``_fatal``: it records the ERROR frame to send last and cancels the
 nursery; ``run`` then sends that frame (unless a write was cut off mid-way, which leaves the
@@ -23,7 +28,6 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from itertools import count
-from typing import Any
 
 import structlog
 import trio
@@ -51,6 +55,8 @@ from momedod.server.clock import now_ms
 from momedod.server.presence import Presence
 from momedod.server.push import Pusher
 from momedod.server.quiethours import USER_PREFIX, QuietHours, user_spec
+from momedod.server.timers import Timers
+from momedod.server.tlsstream import TLSConn
 from momedod.store import (
     BlobNotFound,
     EnqueueResult,
@@ -74,10 +80,11 @@ PROTOCOL_VERSION = 1
 OUTBOX_FRAMES = 64
 DELIVERY_WINDOW = 256  # DELIVER frames in flight before the client must ACK (sent in WELCOME)
 LIVE_MAX = 1024  # offered entries held in memory; beyond that the pump reads the store
+LIVE_MAX_BYTES = 4 << 20  # ... and at most this many payload bytes of them
 LINK_TTL_MIN = 60  # seconds a LINK_INVITE code may live, at least ...
 LINK_TTL_MAX = 3600  # ... and at most
 FETCH_BATCH = 64
-RECV_BYTES = 65536
+YIELD_EVERY = 16  # reads served without waiting before the reader lets other tasks run
 FINAL_SEND_TIMEOUT = 2.0
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 1 << 20
@@ -114,6 +121,7 @@ class SessionContext:
     pusher: Pusher | None = None  # wake-ups for devices that are not connected
     quiet: QuietHours | None = None  # quiet-hours policies
     abuse: Abuse = field(default_factory=Abuse)  # [abuse] limits, shared by all listeners
+    timers: Timers = field(default_factory=Timers)  # deadlines of every session
 
 
 # Metric label of each frame class, e.g. KeyPut -> "key_put".
@@ -130,9 +138,7 @@ _GUESSES = {"bad_signature", "unknown_device", "invite_invalid", "invite_expired
 class Session:
     """Serve one accepted TLS stream until it closes."""
 
-    def __init__(
-        self, ctx: SessionContext, stream: trio.SSLStream[Any], peer: str, cert_fp: bytes
-    ) -> None:
+    def __init__(self, ctx: SessionContext, stream: TLSConn, peer: str, cert_fp: bytes) -> None:
         self.ctx = ctx
         self.stream = stream
         self.peer = peer
@@ -144,10 +150,15 @@ class Session:
         self._busy = False  # handling a request (a drain waits for it to finish)
         self._draining = False
         self._nonce = secrets.token_bytes(32)
-        self._out_send, self._out_recv = trio.open_memory_channel[bytes](OUTBOX_FRAMES)
+        self._out: list[bytes] = []  # encoded frames queued to send
+        self._writing = False  # a task is in _flush
+        self._room: trio.Event | None = None  # set when a full outbox has been taken
         self._wake_event = trio.Event()
         self._inflight: set[int] = set()  # seqs delivered in this session and not yet acked
         self._live: dict[int, MailboxEntry] = {}  # offered by presence, by seq
+        self._live_bytes = 0  # payload bytes held in _live
+        self._cursor = 0  # highest seq delivered in this session
+        self._pump_idle = False  # the pump waits for offers, everything before is delivered
         self._live_overflow = False
         self._mobile = False  # declared with PUSH_SET; quiet hours may defer its delivery
         self._deferred_from: int | None = None  # lowest seq held back by quiet hours
@@ -157,7 +168,9 @@ class Session:
         self._final: bytes | None = None
         self._write_cut = False
         self._last_rx = trio.current_time()
+        self._auth_deadline = 0.0
         self._ping_sent = False
+        self._closed = False
         self.host = peer.rpartition(":")[0]  # the source address the abuse limits key on
         self._frames = ctx.abuse.frame_bucket()
         self._log = log.bind(conn=self.id, peer=peer)
@@ -165,8 +178,25 @@ class Session:
     # --- hooks used by presence -------------------------------------------------------------
 
     def offer(self, entry: MailboxEntry) -> None:
-        if len(self._live) < LIVE_MAX:
+        if (
+            self._pump_idle
+            and entry.seq == self._cursor + 1
+            and not self._writing
+            and self._final is None
+            and len(self._inflight) < DELIVERY_WINDOW
+            and not self._deferring()
+        ):
+            # The pump has delivered everything before this entry and waits: deliver it from
+            # here (the sender's task) instead of waking the pump for it.
+            self._cursor = entry.seq
+            self._inflight.add(entry.seq)
+            self._queue_deliver(entry)
+            self._flush_nowait()
+            return
+        size = len(entry.payload) + len(entry.part)
+        if len(self._live) < LIVE_MAX and self._live_bytes + size <= LIVE_MAX_BYTES:
             self._live[entry.seq] = entry
+            self._live_bytes += size
         else:
             self._live_overflow = True
         self._wake_event.set()
@@ -192,25 +222,32 @@ class Session:
             if not counted:
                 self._fatal(ErrorCode.SERVER_BUSY, "too many connections from your address")
             else:
+                now = trio.current_time()
+                self._auth_deadline = now + self.ctx.handshake_timeout
+                self.ctx.timers.schedule(self._auth_deadline, self)
                 async with trio.open_nursery() as nursery:
                     self._scope = nursery.cancel_scope
                     self._nursery = nursery
-                    nursery.start_soon(self._writer)
-                    nursery.start_soon(self._timer)
-                    nursery.start_soon(self._reader)
+                    await self._reader()
             if self._final and not self._write_cut:
                 with trio.move_on_after(FINAL_SEND_TIMEOUT):
-                    await self.stream.send_all(self._final)
+                    # What was queued before the end goes first (e.g. the reply to the request
+                    # a drain waited for), then the final ERROR.
+                    await self.stream.send_all(b"".join(self._out) + self._final)
                     await self._linger()
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as e:
             self._log.debug("connection.lost", reason=type(e).__name__)
         finally:
+            self._closed = True
+            self.ctx.timers.cancel(self)
+            self._out.clear()
+            self._live.clear()
             if counted:
                 self.ctx.abuse.disconnect(self.host)
             self.ctx.sessions.discard(self)
             if self.authenticated:
                 self.ctx.presence.unregister(self)
-            await trio.aclose_forcefully(self.stream)
+            self.stream.close()
             self._log.debug("connection.closed")
 
     async def _tls_handshake(self) -> bool:
@@ -238,11 +275,11 @@ class Session:
         # Read and discard until the peer closes, for a bounded time and amount.
         # Half-close first, so the peer sees the end of the stream at once.
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            await self.stream.transport_stream.send_eof()
+            self.stream.send_eof()
         discarded = 0
         with trio.move_on_after(LINGER_SECONDS):
             while discarded < LINGER_BYTES:
-                data = await self.stream.receive_some(RECV_BYTES)
+                data = await self.stream.receive_some()
                 if not data:
                     return
                 discarded += len(data)
@@ -260,57 +297,43 @@ class Session:
 
     # --- tasks ------------------------------------------------------------------------------
 
-    async def _writer(self) -> None:
-        async for first in self._out_recv:
-            chunks = [first]
-            while True:
-                try:
-                    chunks.append(self._out_recv.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            self._write_cut = True
-            try:
-                # Shielded: a cancelled send_all leaves the TLS stream unusable, and the final
-                # ERROR of a closing session must still get through. The timeout bounds it.
-                with trio.CancelScope(shield=True), trio.fail_after(self.ctx.write_timeout):
-                    await self.stream.send_all(b"".join(chunks))
-            except trio.TooSlowError:
-                self._log.info("connection.write_timeout")
-                self._final = b""
-                assert self._scope is not None
-                self._scope.cancel()
-                return
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._final = b""
-                assert self._scope is not None
-                self._scope.cancel()
-                return
-            self._write_cut = False
-
-    async def _timer(self) -> None:
-        deadline = trio.current_time() + self.ctx.handshake_timeout
-        while not self.authenticated:
-            if trio.current_time() >= deadline:
+    def on_timer(self, now: float) -> float | None:
+        """Called by the shared timer when this session's check is due; returns the next."""
+        if self._closed or self._final is not None:
+            return None
+        if not self.authenticated:
+            if now >= self._auth_deadline:
                 metrics.AUTH_FAILURES.labels("timeout").inc()
                 self._fatal(ErrorCode.TIMEOUT, "authentication not completed in time")
-                return
-            await trio.sleep_until(min(deadline, trio.current_time() + 0.25))
+                return None
+            return self._auth_deadline
         idle = self.ctx.idle_timeout
-        while True:
-            silent = trio.current_time() - self._last_rx
-            if silent >= idle:
-                self._fatal(ErrorCode.TIMEOUT, "idle timeout")
-                return
-            if silent >= idle / 2 and not self._ping_sent:
-                self._ping_sent = True
-                await self._send(f.Ping(0, secrets.randbits(64)))
-            wait = (idle / 2 - silent) if not self._ping_sent else (idle - silent)
-            await trio.sleep(max(wait, 0.05))
+        silent = now - self._last_rx
+        if silent >= idle:
+            self._fatal(ErrorCode.TIMEOUT, "idle timeout")
+            return None
+        if silent >= idle / 2 and not self._ping_sent:
+            self._ping_sent = True
+            self._queue(f.Ping(0, secrets.randbits(64)))
+            self._flush_nowait()
+        if self._ping_sent:
+            return self._last_rx + idle
+        return self._last_rx + idle / 2
 
     async def _reader(self) -> None:
+        stream = self.stream
+        served = 0  # reads in a row that did not wait
         while True:
             try:
-                data = await self.stream.receive_some(RECV_BYTES)
+                data = stream.receive_nowait()
+                if data is None:
+                    served = 0
+                    await stream.wait_readable()
+                    continue
+                served += 1
+                if served >= YIELD_EVERY:
+                    served = 0
+                    await trio.lowlevel.checkpoint()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
             if not data:  # the peer went away; nothing more to say to it
@@ -359,46 +382,53 @@ class Session:
 
     async def _pump(self) -> None:
         store, (uid, did) = self.ctx.store, self.addr
-        cursor = 0  # highest seq delivered in this session
         drained = False
         read_store = True
         while True:
             wake = self._wake_event = trio.Event()
             defer = self._deferring()
             if not defer and self._deferred_from is not None:  # quiet hours ended: catch up
-                cursor = min(cursor, self._deferred_from - 1)
+                self._cursor = min(self._cursor, self._deferred_from - 1)
                 self._deferred_from = None
                 read_store = True
             if read_store or self._live_overflow:
                 self._live_overflow = False
-                entries = await store.fetch(uid, did, cursor, FETCH_BATCH)
+                entries = await store.fetch(uid, did, self._cursor, FETCH_BATCH)
                 for e in entries:
                     if defer and not e.urgent:
                         self._defer(e.seq)
                     else:
-                        await self._deliver(e)
-                    cursor = e.seq
+                        await self._deliver(e, flush=False)
+                    self._cursor = e.seq
+                await self._flush()
                 if len(entries) == FETCH_BATCH:
                     continue
                 read_store = False
                 if not drained:
                     drained = True
-                    await self._send(f.Drained(0, cursor))
+                    await self._send(f.Drained(0, self._cursor))
             live = self._live
-            while cursor + 1 in live:
-                e = live.pop(cursor + 1)
+            while self._cursor + 1 in live:
+                e = live.pop(self._cursor + 1)
+                self._live_bytes -= len(e.payload) + len(e.part)
                 if defer and not e.urgent:
                     self._defer(e.seq)
                 else:
-                    await self._deliver(e)
-                cursor = e.seq
-            for seq in [s for s in live if s <= cursor]:
-                del live[seq]
+                    await self._deliver(e, flush=False)
+                self._cursor = e.seq
+            await self._flush()
+            for seq in [s for s in live if s <= self._cursor]:
+                e = live.pop(seq)
+                self._live_bytes -= len(e.payload) + len(e.part)
             if live:  # a gap before the next offered seq: the store has the whole sequence
                 read_store = True
                 continue
             if self._deferred_from is None:
-                await wake.wait()
+                self._pump_idle = True  # offers that continue the sequence go out directly
+                try:
+                    await wake.wait()
+                finally:
+                    self._pump_idle = False
             else:
                 with trio.move_on_after(QUIET_TICK):
                     await wake.wait()
@@ -413,21 +443,128 @@ class Session:
             self._deferred_from = seq
             self._log.debug("delivery.deferred", seq=seq)
 
-    async def _deliver(self, e: MailboxEntry) -> None:
+    async def _deliver(self, e: MailboxEntry, flush: bool = True) -> None:
         while len(self._inflight) >= DELIVERY_WINDOW:
+            await self._flush()  # what the client must see before it can ACK
             self._acked = trio.Event()
             await self._acked.wait()
         self._inflight.add(e.seq)
+        if self._final is not None:
+            return
+        self._queue_deliver(e)
+        if self._writing:
+            await self._send_wait()
+        elif flush or len(self._out) >= OUTBOX_FRAMES:
+            await self._flush()
+
+    def _queue_deliver(self, e: MailboxEntry) -> None:
         kind = f.DeliverUrgent if e.urgent else f.Deliver
-        await self._send(kind(0, e.seq, e.message_id, e.server_ts_ms, e.payload, e.part))
+        self._queue(kind(0, e.seq, e.message_id, e.server_ts_ms, e.payload, e.part))
         metrics.MESSAGES_DELIVERED.inc()
         metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - e.server_ts_ms / 1000))
 
-    async def _send(self, frame: f.Frame) -> None:
+    def _queue(self, frame: f.Frame) -> None:
+        self._out.append(self.conn.send(frame))
+        metrics.frame_sent(_KIND[type(frame)]).inc()
+
+    async def _send(self, frame: f.Frame, flush: bool = True) -> None:
+        """Queue ``frame``; write the outbox now unless ``flush`` is False (more will follow)."""
         if self._final is not None:  # closing: only the final ERROR goes out now
             return
-        await self._out_send.send(self.conn.send(frame))
-        metrics.frame_sent(_KIND[type(frame)]).inc()
+        self._queue(frame)
+        if self._writing:
+            await self._send_wait()
+        elif flush or len(self._out) >= OUTBOX_FRAMES:
+            await self._flush()
+
+    async def _send_wait(self) -> None:
+        """A write is in progress and takes what is queued; wait only if the outbox is full."""
+        while self._writing and len(self._out) >= OUTBOX_FRAMES and self._final is None:
+            if self._room is None:
+                self._room = trio.Event()
+            await self._room.wait()
+
+    def _flush_nowait(self) -> None:
+        """Write the outbox if the kernel takes it at once; else a task finishes the write."""
+        if self._writing or not self._out or self._closed:
+            return
+        out = self._out
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self._write_cut = True
+        try:
+            if self.stream.send_nowait(data):
+                self._write_cut = False
+                return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._drop()
+            return
+        self._writing = True
+        try:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._finish_write)
+        except RuntimeError:  # the session is ending
+            self._writing = False
+            self._drop()
+
+    async def _finish_write(self) -> None:
+        try:
+            done = await self._wait_sent()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            done = False
+            self._drop()
+        self._writing = False
+        if done:
+            self._write_cut = False
+            await self._flush()  # what was queued meanwhile
+        elif self._room is not None:
+            self._room.set()
+            self._room = None
+
+    async def _wait_sent(self) -> bool:
+        """Wait for a write the kernel could not take at once; False (dropped) on timeout."""
+        # Shielded: the final ERROR of a closing session must still get through, and this
+        # write must finish before it. The timeout bounds it.
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + self.ctx.write_timeout
+            await self.stream.wait_sent()
+        if scope.cancelled_caught:
+            self._log.info("connection.write_timeout")
+            self._drop()
+            return False
+        return True
+
+    async def _flush(self) -> None:
+        """Write everything queued (and what others queue meanwhile); one writer at a time."""
+        if self._writing:
+            return
+        self._writing = True
+        stream, out = self.stream, self._out
+        try:
+            while out and not self._closed:
+                data = out[0] if len(out) == 1 else b"".join(out)
+                out.clear()
+                if self._room is not None:
+                    self._room.set()
+                    self._room = None
+                self._write_cut = True
+                if not stream.send_nowait(data) and not await self._wait_sent():
+                    return
+                self._write_cut = False
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._drop()
+        finally:
+            self._writing = False
+            if self._room is not None:
+                self._room.set()
+                self._room = None
+
+    def _drop(self) -> None:
+        """The connection cannot be written to: close without a final frame."""
+        self._final = b""
+        self._out.clear()
+        if self._scope is not None:
+            self._scope.cancel()
 
     async def _rate_limited(self, frame: f.Frame, what: str, wait: float) -> None:
         """Refuse a request over a rate limit (non-fatal)."""
@@ -612,6 +749,7 @@ class Session:
         self.addr = (user_id, device_id)
         await self._send(f.AuthOk(request_id, user_id, device_id, now_ms()))
         self.authenticated = True
+        self.ctx.timers.schedule(self._last_rx + self.ctx.idle_timeout / 2, self)
         self._log = self._log.bind(user=display(user_id), device=device_id)
         self._log.info("session.authenticated")
         metrics.AUTHENTICATED.inc()
