@@ -272,7 +272,7 @@ class PostgresStore(TxStore):
     ) -> T:
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
-                return self._transaction(pool, _BEGIN_WRITE, call)
+                return self._fresh_transaction(pool, _BEGIN_WRITE, call)
             except _RETRY as exc:
                 if attempt == WRITE_ATTEMPTS:
                     raise StoreError(
@@ -288,7 +288,23 @@ class PostgresStore(TxStore):
     def _run_read(
         self, pool: ConnectionPool[psycopg.Connection[Any]], call: Callable[[Tx], T]
     ) -> T:
-        return self._transaction(pool, _BEGIN_READ, call)
+        return self._fresh_transaction(pool, _BEGIN_READ, call)
+
+    def _fresh_transaction(
+        self, pool: ConnectionPool[psycopg.Connection[Any]], begin: str, call: Callable[[Tx], T]
+    ) -> T:
+        """``_transaction``, skipping pooled connections that died while idle (a server
+        restart, a failover): those fail at BEGIN, before anything ran, so another
+        connection can safely take over. The pool replaces the dead ones."""
+        for attempt in range(self._pool_size + 1):
+            try:
+                return self._transaction(pool, begin, call)
+            except _DeadAtBegin as exc:
+                if attempt == self._pool_size:
+                    raise StoreError(
+                        f"lost the connection to {self.where}: {_first_line(exc.__cause__ or exc)}"
+                    ) from exc
+        raise AssertionError("unreachable")
 
     def _transaction(
         self, pool: ConnectionPool[psycopg.Connection[Any]], begin: str, call: Callable[[Tx], T]
@@ -296,7 +312,12 @@ class PostgresStore(TxStore):
         """Run ``call`` in one transaction on a pooled connection; map database errors."""
         try:
             with pool.connection() as conn:
-                conn.execute(begin)
+                try:
+                    conn.execute(begin)
+                except psycopg.OperationalError as exc:
+                    if conn.broken:
+                        raise _DeadAtBegin from exc
+                    raise
                 try:
                     result = call(PostgresTx(conn))
                 except BaseException:
@@ -306,7 +327,7 @@ class PostgresStore(TxStore):
                     raise
                 conn.execute("COMMIT")
                 return result
-        except _RETRY:
+        except (_DeadAtBegin, *_RETRY):
             raise
         except PoolTimeout as exc:
             raise StoreError(
@@ -334,6 +355,10 @@ class PostgresStore(TxStore):
             "momedoctl backup copies SQLite stores only; back up the postgres engine's database"
             f" ({self.where}) with pg_dump or your cluster's base backups (docs/ADMIN.md)"
         )
+
+
+class _DeadAtBegin(Exception):
+    """A pooled connection was found dead at BEGIN: nothing ran, try another one."""
 
 
 def _database_size(tx: Tx) -> int:
