@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest clean fuzz test-long bench bench-quick
+.PHONY: run test lint typecheck pytest postgresql-server clean fuzz test-long bench bench-quick
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,13 +23,29 @@ typecheck: $(STAMP)
 	$(BIN)/mypy --strict momedod/protocol momedod/store momedod/e2e
 	$(BIN)/mypy momedod momedo_tui
 
-pytest: $(STAMP)
+# The store tests also run on PostgreSQL: tests/pg.py starts a throwaway server from the
+# Debian package postgresql, installed here if missing (as root), else the command is shown.
+PG_CTL_GLOB := /usr/lib/postgresql/*/bin/pg_ctl
+
+postgresql-server:
+	@ls $(PG_CTL_GLOB) >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo 'installing the Debian package postgresql (for the postgres store tests)'; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends postgresql; \
+	  else \
+	    echo 'make test: the postgres store tests need a PostgreSQL server ($(PG_CTL_GLOB));' \
+	         'install it with: sudo apt-get install postgresql' >&2; \
+	    exit 1; \
+	  fi; }
+
+pytest: $(STAMP) postgresql-server
 	$(BIN)/pytest -q -p no:cacheprovider
 
 test: lint typecheck pytest
 
 # Long variants of the fault tests, and the fuzz properties with many more examples.
-test-long: $(STAMP)
+test-long: $(STAMP) postgresql-server
 	$(BIN)/pytest -q -p no:cacheprovider -m long tests
 	$(BIN)/pytest -q -p no:cacheprovider --hypothesis-profile=long tests/fuzz
 

@@ -37,7 +37,8 @@ ADMIN_SOCKET_NAME = "admin.sock"
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "console", "logfmt", "json")
-STORAGE_ENGINES = ("sqlite",)
+STORAGE_ENGINES = ("sqlite", "postgres")
+MAX_POOL_SIZE = 1000
 TLS_VERSIONS = ("1.2", "1.3")
 
 MIN_FRAME_BYTES = 1024
@@ -139,6 +140,8 @@ class StorageConfig:
     """``[storage]``: the database engine behind the store."""
 
     engine: str = "sqlite"
+    dsn: str | None = None  # engine = "postgres": libpq connection string or URI
+    pool_size: int = 10  # engine = "postgres": connections (and worker threads) per node
 
 
 @dataclass(frozen=True)
@@ -587,7 +590,45 @@ _METRICS_KEYS = (
     ),
     _Key("port", _integer(1, 65535), "TCP port of the metrics endpoint."),
 )
-_STORAGE_KEYS = (_Key("engine", _choice(*STORAGE_ENGINES), 'Database engine; only "sqlite" now.'),)
+
+
+def _dsn(value: Any, base: Path) -> str:
+    expected = (
+        "a PostgreSQL connection string ('host=db.example.org dbname=momedo user=momedo')"
+        " or URI ('postgresql://momedo@db.example.org/momedo')"
+    )
+    if not isinstance(value, str) or not value.strip():
+        raise _Invalid(expected)
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        conninfo_to_dict(value)
+    except Exception as exc:  # psycopg.ProgrammingError
+        # Never echo the value: it may hold a password.
+        raise _Invalid(expected, "a string libpq cannot parse (not shown)") from exc
+    return value
+
+
+_STORAGE_KEYS = (
+    _Key(
+        "engine",
+        _choice(*STORAGE_ENGINES),
+        'Database engine: "sqlite" (a file in state_dir) or "postgres" (the database\n'
+        "named by dsn; blobs and TLS material stay in state_dir). See docs/ADMIN.md.",
+    ),
+    _Key(
+        "dsn",
+        _dsn,
+        'engine = "postgres": libpq connection string or URI. Keep a password out of\n'
+        "this file: use ~/.pgpass (PGPASSFILE) or peer authentication over the socket.",
+        example='"host=/run/postgresql dbname=momedo user=momedo"',
+    ),
+    _Key(
+        "pool_size",
+        _integer(1, MAX_POOL_SIZE),
+        'engine = "postgres": database connections (and worker threads) of this node.',
+    ),
+)
 
 _ABUSE_KEYS = (
     _Key(
@@ -852,9 +893,22 @@ def _parse(data: dict[str, Any], where: str, base: Path) -> tuple[Config, bool]:
     _check_server(config.server, where)
     _check_listeners(config.listeners, where)
     _check_limits(config.limits, where)
+    _check_storage(config.storage, where)
     _check_quiet_hours(config.quiet_hours, where)
     admin = data.get("admin", {})
     return config, "socket" in admin
+
+
+def _check_storage(storage: StorageConfig, where: str) -> None:
+    if storage.engine == "postgres" and storage.dsn is None:
+        raise ConfigError(
+            f'{where}: storage.dsn: engine = "postgres" needs the database to use, e.g.'
+            ' dsn = "host=/run/postgresql dbname=momedo user=momedo"'
+        )
+    if storage.engine == "sqlite" and storage.dsn is not None:
+        raise ConfigError(
+            f'{where}: storage.dsn: only used with engine = "postgres" (engine is "sqlite")'
+        )
 
 
 def _check_quiet_hours(policies: tuple[QuietHoursConfig, ...], where: str) -> None:

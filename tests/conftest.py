@@ -12,6 +12,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from pg import pg_server  # noqa: F401  (the throwaway PostgreSQL server, session-scoped)
 from support import Server, make_config
 
 from momedod.server.daemon import serve

@@ -359,6 +359,15 @@ class AdminHandler:
 
     async def _server_backup(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
         dest = _backup_dir_arg(args)
+        engine = self.control.config.storage.engine
+        if engine != "sqlite":
+            raise AdminError(
+                AdminErrorCode.INVALID_ARGUMENT,
+                f"momedoctl backup copies the SQLite store only; with [storage] engine ="
+                f' "{engine}" back up the database with pg_dump (or your PostgreSQL base'
+                " backups) and the state directory (blobs, TLS) with your file backup"
+                " (docs/ADMIN.md)",
+            )
         if self._backup_running:
             raise AdminError(
                 AdminErrorCode.CONFLICT, "a backup is already running; try again when it is done"

@@ -521,7 +521,11 @@ async def serve(
         raise StartupError(str(e)) from e
     try:
         store_cm = open_store(
-            config.storage.engine, config.server.state_dir, observer=metrics.StoreMetrics()
+            config.storage.engine,
+            config.server.state_dir,
+            dsn=config.storage.dsn,
+            pool_size=config.storage.pool_size,
+            observer=metrics.StoreMetrics(),
         )
         store = await store_cm.__aenter__()
     except StoreError as e:

@@ -6,7 +6,8 @@ engine decides how functions are scheduled (the SQLite engine batches writes on 
 
 The SQL is kept portable so a PostgreSQL engine can reuse these functions: ``?``
 placeholders (an engine may translate them), ``RETURNING``, ``ON CONFLICT DO NOTHING``,
-row-value ``IN``, booleans as 0/1 integers, and no reliance on SQLite's rowid. Counters
+row-value ``IN``, booleans as 0/1 integers, and one SQLite-ism: ``users.rowid`` (the
+PostgreSQL schema has an identity column of that name). Counters
 (``devices.next_seq``, ``devices.mailbox_count``, ``payloads.refs``) are changed with
 ``UPDATE ... RETURNING`` under the row's write lock, so they stay right under concurrent
 transactions too.
@@ -254,7 +255,7 @@ def get_user(tx: Tx, user_id: str) -> User | None:
 def list_users(tx: Tx) -> list[User]:
     """Non-deleted users in creation order."""
     # Ties (same millisecond) in insertion order: SQLite's rowid. The one SQLite-ism in this
-    # module; a PostgreSQL schema would give users an identity column for it.
+    # module; the PostgreSQL schema gives users an identity column of that name.
     rows = tx.all(f"SELECT {_USER_COLS} FROM users WHERE deleted = 0 ORDER BY created_ms, rowid")
     return [_user(r) for r in rows]
 
@@ -438,7 +439,8 @@ def import_users(
 # -- finding users ---------------------------------------------------------------------------
 
 # Users with their device aggregates. ``u.rowid`` breaks ties of created_ms in insertion
-# order, as in list_users (the same SQLite-ism; PostgreSQL would use an identity column).
+# order, as in list_users (the same SQLite-ism; PostgreSQL's schema has an identity column
+# named rowid).
 _FIND_USERS = f"""
 SELECT {", ".join("u." + c for c in _USER_COLS.split(", "))}, u.rowid,
        coalesce(d.active, 0), coalesce(d.total, 0), d.last_seen, coalesce(d.mailbox, 0)
@@ -862,11 +864,12 @@ def catch_up_clock(tx: Tx, now_ms: int) -> int:
     """Detect a forward clock jump (see :data:`CLOCK_JUMP_MS`) and shift the stamps expiry and
     invites read by it; return the shift in ms (0: no jump). The newest stamp is taken over
     exactly the stamps that are shifted, so after a shift there is no gap left to find."""
+    # The aggregate max() over a UNION (SQLite's scalar max(a, b, ...) is GREATEST elsewhere).
     row = tx.one(
-        "SELECT max(coalesce((SELECT max(server_ts_ms) FROM mailbox), 0),"
-        " coalesce((SELECT max(created_ms) FROM dedup), 0),"
-        " coalesce((SELECT max(created_ms) FROM invites WHERE used_ms IS NULL), 0),"
-        " coalesce((SELECT max(last_seen_ms) FROM devices), 0))",
+        "SELECT max(t) FROM (SELECT max(server_ts_ms) AS t FROM mailbox"
+        " UNION ALL SELECT max(created_ms) FROM dedup"
+        " UNION ALL SELECT max(created_ms) FROM invites WHERE used_ms IS NULL"
+        " UNION ALL SELECT max(last_seen_ms) FROM devices) AS stamps",
         (),
     )
     newest = int(row[0]) if row is not None and row[0] else 0

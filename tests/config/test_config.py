@@ -328,8 +328,8 @@ def test_file_that_is_not_utf8(tmp_path):
             "log.format: expected one of 'auto', 'console', 'logfmt', 'json', got 'xml'",
         ),
         (
-            "[storage]\nengine = 'postgres'\n",
-            "storage.engine: expected one of 'sqlite', got 'postgres'",
+            "[storage]\nengine = 'mysql'\n",
+            "storage.engine: expected one of 'sqlite', 'postgres', got 'mysql'",
         ),
         (
             "[[listener]]\ntls_min_version = 1.3\n",

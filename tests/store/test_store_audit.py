@@ -221,6 +221,7 @@ async def test_bulk_invites_for_users_without_a_device_and_for_all(store: Store)
     assert len({i.code for _, i in everyone}) == 3
 
 
+@pytest.mark.sqlite_only  # SQLite's files (PostgreSQL: test_store_postgres.py)
 async def test_disk_usage_counts_the_database_files(store: Store, tmp_path):
     await store.create_user("Anna", NOW, TTL)
     used = await store.disk_usage()

@@ -23,6 +23,10 @@ from momedod.store import backup as bk
 from momedod.store import sqlite as sqlite_engine
 from momedod.store.sqlite import DB_FILENAME, SQLiteStore
 
+# The online backup copies SQLite's database file; the postgres engine refuses (pg_dump) and
+# test_store_postgres.py checks that.
+pytestmark = pytest.mark.sqlite_only
+
 T0 = 1_700_000_000_000
 DAY = 86_400_000
 KEY = b"\x01" * 32

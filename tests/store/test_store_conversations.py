@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
+from conftest import query
 
 from momedod.store import (
     AuditNote,
@@ -187,8 +187,7 @@ async def test_channel_post_fans_out_once_to_every_member_device(
     assert result.skipped_full == 0 and not result.duplicate
     assert await newest(store, pupils[0], 2) == (b"post", b"chain-dist")
     assert await newest(store, pupils[0], 1) == (b"post", b"")
-    with sqlite3.connect(tmp_path / "momedo.sqlite3") as db:
-        rows = db.execute("SELECT refs FROM payloads WHERE data = ?", (b"post",)).fetchall()
+    rows = await query(store, "SELECT refs FROM payloads WHERE data = ?", (b"post",))
     assert rows == [(41,)]
     again = await store.enqueue_conv((teacher, 1), mid(1), CONV, b"post", [], [], T0, 100)
     assert again.duplicate and again.deliveries == ()
