@@ -92,6 +92,14 @@ def _count(n: int, noun: str) -> str:
 def _restore(config: Config, backup_dir: Path, *, force: bool) -> int:
     from momedod.store.backup import BackupError, RestoreRefused, restore_backup
 
+    if config.storage.engine != "sqlite":
+        print(
+            f"momedod: restore refused: the {config.storage.engine} engine keeps its data in "
+            "the database server; restore it with that server's tools (pg_restore or a base "
+            "backup, see docs/ADMIN.md). 'momedod restore' restores SQLite backups only.",
+            file=sys.stderr,
+        )
+        return 1
     try:
         result = restore_backup(
             backup_dir,

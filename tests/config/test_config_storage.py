@@ -59,3 +59,26 @@ def test_an_unparsable_dsn_is_not_echoed(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"storage\.dsn: .*cannot parse \(not shown\)") as info:
         load(tmp_path, '[storage]\nengine = "postgres"\ndsn = "password=\'s3cret"\n')
     assert "s3cret" not in str(info.value)
+
+
+def test_momedod_restore_refuses_the_postgres_engine(tmp_path: Path) -> None:
+    """'momedod restore' restores SQLite backups; on postgres it says what to use instead."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "momedod.toml"
+    cfg.write_text(
+        f'[server]\nstate_dir = "{tmp_path / "state"}"\n'
+        '[storage]\nengine = "postgres"\ndsn = "host=/nonexistent dbname=momedo"\n'
+    )
+    (tmp_path / "backup").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "momedod.cli", "restore", "-c", str(cfg), str(tmp_path / "backup")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "restore refused" in done.stderr and "pg_restore" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "state").exists()
