@@ -10,7 +10,8 @@ devices; ``/tmp/momedo-bench-cache``, ``MOMEDO_BENCH_CACHE``). Load comes from s
 worker processes using the raw transport client over TLS on loopback (``loadgen.py``). Server
 cost is the daemon process's user+system CPU time from /proc/PID/stat, divided by the work.
 ``cpu --py-spy FILE`` samples the daemon with py-spy during the measured phase (collapsed
-stacks; with ``conns``: the 500 msg/s phase, to FILE.nN); ``cpu --profile FILE`` runs
+stacks; with ``conns``: the 500 msg/s phase, to FILE.nN; with ``drain``: the drain, to
+FILE.drain); ``cpu --profile FILE`` runs
 that daemon under cProfile instead (bench only).
 """
 
@@ -197,9 +198,11 @@ def fig_drain(args: argparse.Namespace) -> None:
         d.start()
         try:
             with Workers(1, [rcpt], d.port) as w:
+                spy = start_spy(args, d, ".drain")
                 cpu0 = d.cpu()
                 got, dt = w.call("drain", count)[0]
                 cpu = d.cpu() - cpu0
+                stop_spy(spy)
         finally:
             d.stop()
     report(
@@ -326,7 +329,8 @@ def main() -> None:
     ap.add_argument("--cache-n", type=int, default=0, help="prepare at least this many devices")
     ap.add_argument("--profile", help="cpu: write a cProfile of the daemon to this file")
     ap.add_argument(
-        "--py-spy", help="cpu, conns: write py-spy profiles (collapsed stacks) to FILE[.nN]"
+        "--py-spy",
+        help="cpu, conns, drain: write py-spy profiles (collapsed stacks) to FILE[.nN|.drain]",
     )
     args = ap.parse_args()
     names = args.figures or list(FIGURES)

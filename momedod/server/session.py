@@ -83,7 +83,7 @@ LIVE_MAX = 1024  # offered entries held in memory; beyond that the pump reads th
 LIVE_MAX_BYTES = 4 << 20  # ... and at most this many payload bytes of them
 LINK_TTL_MIN = 60  # seconds a LINK_INVITE code may live, at least ...
 LINK_TTL_MAX = 3600  # ... and at most
-FETCH_BATCH = 64
+FETCH_BATCH = 256  # = DELIVERY_WINDOW: one store read (thread hop) per window of DELIVERs
 YIELD_EVERY = 16  # reads served without waiting before the reader lets other tasks run
 FINAL_SEND_TIMEOUT = 2.0
 LINGER_SECONDS = 1.0
@@ -394,12 +394,7 @@ class Session:
             if read_store or self._live_overflow:
                 self._live_overflow = False
                 entries = await store.fetch(uid, did, self._cursor, FETCH_BATCH)
-                for e in entries:
-                    if defer and not e.urgent:
-                        self._defer(e.seq)
-                    else:
-                        await self._deliver(e, flush=False)
-                    self._cursor = e.seq
+                await self._deliver_all(entries, defer)
                 await self._flush()
                 if len(entries) == FETCH_BATCH:
                     continue
@@ -409,13 +404,19 @@ class Session:
                     await self._send(f.Drained(0, self._cursor))
             live = self._live
             while self._cursor + 1 in live:
-                e = live.pop(self._cursor + 1)
-                self._live_bytes -= len(e.payload) + len(e.part)
-                if defer and not e.urgent:
-                    self._defer(e.seq)
-                else:
-                    await self._deliver(e, flush=False)
-                self._cursor = e.seq
+                # Take at most what the window and the outbox have room for (at least one),
+                # so no more entries are out of the bounded live buffer than before.
+                room = min(
+                    DELIVERY_WINDOW - len(self._inflight), OUTBOX_FRAMES - 1 - len(self._out)
+                )
+                run: list[MailboxEntry] = []
+                while (e := live.get(self._cursor + 1 + len(run))) is not None:
+                    del live[e.seq]
+                    self._live_bytes -= len(e.payload) + len(e.part)
+                    run.append(e)
+                    if len(run) >= room:
+                        break
+                await self._deliver_all(run, defer)
             await self._flush()
             for seq in [s for s in live if s <= self._cursor]:
                 e = live.pop(seq)
@@ -443,6 +444,24 @@ class Session:
             self._deferred_from = seq
             self._log.debug("delivery.deferred", seq=seq)
 
+    async def _deliver_all(self, entries: list[MailboxEntry], defer: bool) -> None:
+        """Deliver (or defer) ``entries`` in seq order, advancing the cursor; queued, not
+        flushed. Per entry this is only encoding and queueing while the delivery window and
+        the outbox have room; the waits of :meth:`_deliver` only when one of them is full."""
+        inflight, out = self._inflight, self._out
+        now = time.time()
+        for e in entries:
+            if defer and not e.urgent:
+                self._defer(e.seq)
+            elif len(inflight) < DELIVERY_WINDOW and len(out) < OUTBOX_FRAMES - 1:
+                inflight.add(e.seq)
+                if self._final is None:
+                    self._queue_deliver(e, now)
+            else:
+                await self._deliver(e, flush=False)
+                now = time.time()
+            self._cursor = e.seq
+
     async def _deliver(self, e: MailboxEntry, flush: bool = True) -> None:
         while len(self._inflight) >= DELIVERY_WINDOW:
             await self._flush()  # what the client must see before it can ACK
@@ -457,11 +476,13 @@ class Session:
         elif flush or len(self._out) >= OUTBOX_FRAMES:
             await self._flush()
 
-    def _queue_deliver(self, e: MailboxEntry) -> None:
+    def _queue_deliver(self, e: MailboxEntry, now: float | None = None) -> None:
         kind = f.DeliverUrgent if e.urgent else f.Deliver
         self._queue(kind(0, e.seq, e.message_id, e.server_ts_ms, e.payload, e.part))
         metrics.MESSAGES_DELIVERED.inc()
-        metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - e.server_ts_ms / 1000))
+        if now is None:
+            now = time.time()
+        metrics.DELIVERY_LATENCY.observe(max(0.0, now - e.server_ts_ms / 1000))
 
     def _queue(self, frame: f.Frame) -> None:
         self._out.append(self.conn.send(frame))

@@ -4,12 +4,16 @@ Theory of operation
 -------------------
 Writes. One writer thread owns the only read-write connection. Callers (trio tasks) wrap a
 transaction function from :mod:`momedod.store.txn` in an ``_Op``, put it on a
-``queue.SimpleQueue`` and wait on the op's ``trio.Event``. The writer takes everything that
-is queued (up to ``max_batch`` ops), opens ONE transaction (``BEGIN IMMEDIATE``), runs each
-op inside its own ``SAVEPOINT`` -- an op that raises is rolled back to its savepoint and
-keeps its exception, the others are unaffected -- and then ``COMMIT``s once: one fsync
-(``synchronous=FULL`` in WAL mode) makes the whole batch durable. Only after the commit
-does it wake the batch's callers, with a single ``TrioToken.run_sync_soon``, so no caller
+``queue.SimpleQueue`` and park (``wait_task_rescheduled``; no event object per op). The
+writer takes everything that is queued (up to ``max_batch`` ops), opens ONE transaction
+(``BEGIN IMMEDIATE``), runs the ops one after the other and then ``COMMIT``s once: one fsync
+(``synchronous=FULL`` in WAL mode) makes the whole batch durable. If an op raises, the
+transaction is rolled back and the batch runs again with each op inside its own
+``SAVEPOINT``: the failing op is rolled back to its savepoint and keeps its exception, the
+others are unaffected (a batch of one failing op just keeps its error). Transaction
+functions are written to be re-runnable (the postgres engine retries them too), and the
+common case -- nothing fails -- saves two statements per op. Only after the commit does the
+writer wake the batch's callers, with a single ``TrioToken.run_sync_soon``, so no caller
 sees a result that is not on disk. While one batch commits, the next one queues up: the
 busier the server, the bigger the batches (group commit).
 
@@ -20,10 +24,11 @@ itself dies (a bug), its pending ops and every later call raise :class:`StoreErr
 of hanging. A caller that is cancelled while waiting simply stops waiting: its op may still
 commit, and its result is dropped.
 
-Reads run in trio's worker threads (``trio.to_thread.run_sync``) under a
-``CapacityLimiter``, each thread with its own read-only connection (``threading.local``),
-inside a short read transaction, so every read sees one committed snapshot (WAL lets readers
-proceed while the writer commits).
+Reads are handed the same way to ``read_threads`` reader threads (one
+``queue.SimpleQueue``; cheaper than a ``trio.to_thread`` hop per read), each thread with its
+own read-only connection (``threading.local``), inside a short read transaction, so every
+read sees one committed snapshot (WAL lets readers proceed while the writer commits). Each
+read wakes its caller with its own ``run_sync_soon``.
 
 Backup. ``backup()`` runs SQLite's online backup API in a worker thread, from a dedicated
 read-only connection into a new file. That connection first opens a read transaction and
@@ -112,13 +117,14 @@ class SQLiteTx:
 
 
 class _Op:
-    """One queued write: the call, the caller's wake-up event, and the outcome."""
+    """One queued write: the call, the waiting trio task (None once it stopped waiting) and
+    the outcome."""
 
-    __slots__ = ("call", "done", "error", "result")
+    __slots__ = ("call", "error", "result", "task")
 
-    def __init__(self, call: Callable[[Tx], object]) -> None:
+    def __init__(self, call: Callable[[Tx], object], task: trio.lowlevel.Task) -> None:
         self.call = call
-        self.done = trio.Event()
+        self.task: trio.lowlevel.Task | None = task
         self.result: object = None
         self.error: BaseException | None = None
 
@@ -133,8 +139,13 @@ class _ReadConn:
 
 
 def _wake(batch: list[_Op]) -> None:
+    """Run in the trio thread: resume every caller of ``batch`` that still waits."""
+    reschedule = trio.lowlevel.reschedule
     for op in batch:
-        op.done.set()
+        task = op.task
+        if task is not None:
+            op.task = None
+            reschedule(task)
 
 
 class _BackupCancelled(Exception):
@@ -181,6 +192,8 @@ class SQLiteStore(TxStore):
         self._read_threads = read_threads
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._read_queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._read_workers: list[threading.Thread] = []
         self._lock = threading.Lock()  # guards _closing, _failure, _readers and queue puts
         self._closing = False
         self._failure: str | None = None  # set once the writer has stopped
@@ -189,7 +202,6 @@ class SQLiteStore(TxStore):
         self._local = threading.local()
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
-        self._limiter: trio.CapacityLimiter | None = None
         self._ready: trio.Event | None = None
         self._stopped: trio.Event | None = None
         self._open_error: BaseException | None = None
@@ -201,7 +213,6 @@ class SQLiteStore(TxStore):
         if self._thread is not None:
             raise StoreError("store is already open")
         self._token = trio.lowlevel.current_trio_token()
-        self._limiter = trio.CapacityLimiter(self._read_threads)
         self._ready = trio.Event()
         self._stopped = trio.Event()
         self._thread = threading.Thread(
@@ -213,6 +224,12 @@ class SQLiteStore(TxStore):
         if self._open_error is not None:
             self._thread.join()
             raise self._open_error
+        for i in range(self._read_threads):
+            worker = threading.Thread(
+                target=self._read_worker, name=f"momedod-store-reader-{i}", daemon=True
+            )
+            worker.start()
+            self._read_workers.append(worker)
 
     async def close(self) -> None:
         """Let the writer finish the queued ops, then stop it and close all connections."""
@@ -221,11 +238,17 @@ class SQLiteStore(TxStore):
             self._closing = True
             if first and self._failure is None:
                 self._queue.put(None)
+            if first:
+                for _ in self._read_workers:
+                    self._read_queue.put(None)  # behind the reads already queued
         if self._thread is None or self._stopped is None:
             return
         with trio.CancelScope(shield=True):
             await self._stopped.wait()
         self._thread.join()
+        for worker in self._read_workers:
+            # Each finishes the read it runs (a short transaction) and exits.
+            await trio.to_thread.run_sync(worker.join)
         with self._lock:
             readers = list(self._readers)
             self._readers.clear()
@@ -338,20 +361,16 @@ class SQLiteStore(TxStore):
     def _run_batch(self, conn: sqlite3.Connection, tx: SQLiteTx, batch: list[_Op]) -> None:
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for op in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    op.result = op.call(tx)
-                except sqlite3.Error as exc:
-                    if _primary_code(exc) in _TXN_LOST or not conn.in_transaction:
-                        raise  # fail the whole batch below
-                    conn.execute("ROLLBACK TO op")
-                    op.error = self._error(exc)
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO op")
-                    op.error = exc
-                conn.execute("RELEASE op")
-            conn.execute("COMMIT")
+            if self._run_plain(conn, tx, batch):
+                conn.execute("COMMIT")
+            elif len(batch) > 1:
+                # An op failed and the transaction is rolled back. Run the batch again with a
+                # savepoint per op, so the failing op is rolled back alone. (Transaction
+                # functions may run more than once: the postgres engine retries them too.)
+                conn.execute("BEGIN IMMEDIATE")
+                self._run_savepoints(conn, tx, batch)
+                conn.execute("COMMIT")
+            # else: the batch was that one failing op; its error is its outcome.
         except sqlite3.Error as exc:
             # If even ROLLBACK fails the connection is unusable; the next BEGIN will tell.
             with contextlib.suppress(sqlite3.Error):
@@ -360,6 +379,47 @@ class SQLiteStore(TxStore):
             for op in batch:
                 op.result = None
                 op.error = self._error(exc)
+
+    def _run_plain(self, conn: sqlite3.Connection, tx: SQLiteTx, batch: list[_Op]) -> bool:
+        """Run the ops of ``batch`` in the open transaction without savepoints (the common
+        case: nothing fails; saves two statements per op). If one raises, roll the whole
+        transaction back, give that op its error, clear the others' results and return
+        False. Errors that may have cost SQLite the transaction propagate."""
+        for op in batch:
+            try:
+                op.result = op.call(tx)
+            except sqlite3.Error as exc:
+                if _primary_code(exc) in _TXN_LOST or not conn.in_transaction:
+                    raise  # fail the whole batch
+                error: BaseException = self._error(exc)
+            except Exception as exc:
+                error = exc
+            else:
+                continue
+            conn.execute("ROLLBACK")
+            for other in batch:
+                other.result = None
+            op.error = error
+            return False
+        return True
+
+    def _run_savepoints(self, conn: sqlite3.Connection, tx: SQLiteTx, batch: list[_Op]) -> None:
+        for op in batch:
+            op.error = None
+            conn.execute("SAVEPOINT op")
+            try:
+                op.result = op.call(tx)
+            except sqlite3.Error as exc:
+                if _primary_code(exc) in _TXN_LOST or not conn.in_transaction:
+                    raise  # fail the whole batch
+                conn.execute("ROLLBACK TO op")
+                op.result = None
+                op.error = self._error(exc)
+            except Exception as exc:
+                conn.execute("ROLLBACK TO op")
+                op.result = None
+                op.error = exc
+            conn.execute("RELEASE op")
 
     # -- submitting work -------------------------------------------------------------------
 
@@ -374,12 +434,17 @@ class SQLiteStore(TxStore):
     async def _write(
         self, fn: Callable[Concatenate[Tx, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        op = _Op(lambda tx: fn(tx, *args, **kwargs))
+        op = _Op(lambda tx: fn(tx, *args, **kwargs), trio.lowlevel.current_task())
         start = time.perf_counter()
         with self._lock:
             self._check_usable()
             self._queue.put(op)
-        await op.done.wait()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            op.task = None  # cancelled: stop waiting; the op may still commit (result dropped)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
         if self._observer is not None:
             self._observer.operation(fn.__name__, time.perf_counter() - start)
         if op.error is not None:
@@ -389,14 +454,37 @@ class SQLiteStore(TxStore):
     async def _read(
         self, fn: Callable[Concatenate[Tx, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        self._check_usable()
-        call = functools.partial(self._run_read, lambda tx: fn(tx, *args, **kwargs))
+        op = _Op(lambda tx: fn(tx, *args, **kwargs), trio.lowlevel.current_task())
         start = time.perf_counter()
+        with self._lock:
+            self._check_usable()
+            self._read_queue.put(op)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            op.task = None  # cancelled: stop waiting; the read's result is dropped
+            return trio.lowlevel.Abort.SUCCEEDED
+
         try:
-            return await trio.to_thread.run_sync(call, limiter=self._limiter)
+            await trio.lowlevel.wait_task_rescheduled(abort)
         finally:
             if self._observer is not None:
                 self._observer.operation(fn.__name__, time.perf_counter() - start)
+        if op.error is not None:
+            raise op.error
+        return cast(T, op.result)
+
+    def _read_worker(self) -> None:
+        """A reader thread: runs queued reads until its stop marker (see the module doc)."""
+        while True:
+            op = self._read_queue.get()
+            if op is None:
+                return
+            if op.task is not None:  # else: its caller was cancelled before it started
+                try:
+                    op.result = self._run_read(op.call)
+                except BaseException as exc:
+                    op.error = exc
+                self._call_soon(_wake, [op])
 
     def _run_read(self, call: Callable[[Tx], T]) -> T:
         try:
