@@ -27,7 +27,7 @@ from typing import Any
 
 import tomli_w
 
-from momedod.protocol import userid
+from momedod.protocol import invite, userid
 from momedod.pushurl import origin_of, push_rule
 from momedod.quiet import QuietPolicy, parse_days, parse_time
 
@@ -61,6 +61,12 @@ class ServerConfig:
 
     name: str = "momedo"
     public_address: str | None = None  # "host:port" for invite links; None: the first listener
+    # Every node's "host:port" for invite links (a server with several nodes); None: the one
+    # public_address. Setting both is an error.
+    public_addresses: tuple[str, ...] | None = None
+    # Further certificate pins (fingerprint text) invite links carry, for nodes whose
+    # certificate key differs from this node's; None: only this node's own.
+    certificate_pins: tuple[str, ...] | None = None
     state_dir: Path = Path("/var/lib/momedo")
 
 
@@ -427,6 +433,46 @@ def _host_port(value: Any, base: Path) -> str:
     return value
 
 
+def _host_ports(value: Any, base: Path) -> tuple[str, ...]:
+    expected = (
+        f"an array of 1 to {invite.MAX_ADDRESSES} distinct 'host:port' addresses"
+        " (e.g. ['a.example.org:7443', 'b.example.org:7443'])"
+    )
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise _Invalid(expected)
+    addresses = []
+    for v in value:
+        try:
+            addresses.append(invite.parse_address(v))
+        except invite.InvalidInviteLink as e:
+            raise _Invalid(expected, f"{v!r} ({e})") from None
+    try:
+        invite.check_addresses(addresses)
+    except invite.InvalidInviteLink as e:
+        raise _Invalid(expected, str(e)) from None
+    return tuple(value)
+
+
+def _pins(value: Any, base: Path) -> tuple[str, ...]:
+    expected = (
+        f"an array of at most {invite.MAX_PINS - 1} distinct certificate fingerprints"
+        " (52 base32 characters each, as `momedoctl server info` shows them)"
+    )
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Invalid(expected)
+    if len(value) > invite.MAX_PINS - 1:
+        raise _Invalid(expected, f"{len(value)} fingerprints")
+    pins = []
+    for v in value:
+        try:
+            pins.append(invite.parse_fingerprint_text(v))
+        except ValueError as e:
+            raise _Invalid(expected, f"{v!r} ({e})") from None
+    if len(set(pins)) != len(pins):
+        raise _Invalid(expected, "a fingerprint listed twice")
+    return tuple(invite.fingerprint_text(p) for p in pins)
+
+
 @dataclass(frozen=True)
 class _Key:
     name: str
@@ -443,6 +489,22 @@ _SERVER_KEYS = (
         '"host:port" that invite links point to. Default: the first listener\'s address\n'
         "(the machine's host name if that is 0.0.0.0 or ::). Set it on a real server.",
         example='"chat.example.org:7443"',
+    ),
+    _Key(
+        "public_addresses",
+        _host_ports,
+        'Several nodes (one database, docs/ADMIN.md "Several addresses"): every node\'s\n'
+        '"host:port", 1 to 8. Invite links carry them all and clients fail over between\n'
+        "them. Set this or public_address, not both.",
+        example='["chat1.example.org:7443", "chat2.example.org:7443"]',
+    ),
+    _Key(
+        "certificate_pins",
+        _pins,
+        "Fingerprints (as `momedoctl server info` shows them) of the other nodes'\n"
+        "certificate keys, if they differ from this node's; invite links carry this\n"
+        "node's own fingerprint and these, and clients accept any of them (at most 7).",
+        example='["LF6Q3QN6JAKOYVBUPPLVUMXMJCRIKEAFY6XR5LMVPAB7GYYNQCJA"]',
     ),
     _Key(
         "state_dir",
@@ -828,6 +890,7 @@ def _parse(data: dict[str, Any], where: str, base: Path) -> tuple[Config, bool]:
             _parse_table(t, f"{name}[{i}]", cls, keys, where, base) for i, t in enumerate(tables)
         )
     config = Config(**sections)
+    _check_server(config.server, where)
     _check_listeners(config.listeners, where)
     _check_limits(config.limits, where)
     _check_storage(config.storage, where)
@@ -876,6 +939,35 @@ def quiet_policy(qc: QuietHoursConfig) -> QuietPolicy:
         qc.groups,
         "config",
     )
+
+
+def _check_server(server: ServerConfig, where: str) -> None:
+    if server.public_address is not None and server.public_addresses is not None:
+        raise ConfigError(
+            f"{where}: server.public_addresses: set either public_address (one address) or "
+            "public_addresses (several nodes), not both"
+        )
+    addresses = server_addresses(server)
+    if not addresses:
+        return
+    # The longest invite link this makes must stay within the link limit (QR codes).
+    pins = [bytes([i]) * 32 for i in range(1 + len(server.certificate_pins or ()))]
+    try:
+        invite.InviteLink.of(addresses, "0" * invite.INVITE_CODE_LEN, pins, bytes(32))
+    except invite.InvalidInviteLink as e:
+        key = "public_addresses" if server.public_addresses is not None else "public_address"
+        raise ConfigError(f"{where}: server.{key}: {e}") from None
+
+
+def server_addresses(server: ServerConfig) -> tuple[invite.Address, ...]:
+    """The ``(host, port)`` addresses invite links point to: ``public_addresses``, or the
+    one ``public_address``; empty if neither is set (the daemon uses its first listener)."""
+    texts = server.public_addresses or ((server.public_address,) if server.public_address else ())
+    out = []
+    for text in texts:
+        host, _, port = text.rpartition(":")
+        out.append((host.strip("[]"), int(port)))
+    return tuple(out)
 
 
 def _check_listeners(listeners: tuple[ListenerConfig, ...], where: str) -> None:

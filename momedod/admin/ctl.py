@@ -292,12 +292,16 @@ def _show_device_revoke(result: dict[str, Any], args: argparse.Namespace) -> lis
 
 def _show_server_info(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
     fingerprint = result.get("fingerprint", "")
+    addresses = result.get("public_addresses") or []
+    other_pins = [p for p in result.get("certificate_pins") or [] if p != fingerprint]
     pairs = [
         ("Name", result.get("name")),
         ("Version", result.get("version")),
         ("Uptime", _uptime(result["uptime_s"]) if "uptime_s" in result else None),
-        ("Public address", result.get("public_address")),
+        ("Public address", result.get("public_address") if len(addresses) < 2 else None),
+        ("Addresses", ", ".join(addresses) if len(addresses) > 1 else None),
         ("Fingerprint", fingerprint),
+        ("Other pins", ", ".join(other_pins) if other_pins else None),
         ("Org key", result.get("org_fingerprint")),
         ("State directory", result.get("state_dir")),
         ("Users", result.get("users")),

@@ -31,7 +31,7 @@ from momedod.e2e.errors import E2EError
 from momedod.e2e.safety import parse_qr, qr_string
 from momedod.e2e.trust import QrMismatch
 from momedod.protocol.frames import Drained
-from momedod.protocol.invite import InvalidInviteLink, fingerprint_text
+from momedod.protocol.invite import Address, InvalidInviteLink, fingerprint_text, format_address
 from momedod.protocol.userid import InvalidUserId, display, normalize
 from momedod.quiet import parse_days, parse_time, parse_window
 
@@ -62,6 +62,7 @@ async def _status(creds: Credentials) -> Out:
     # Counts without acknowledging, so at most one delivery window can be seen.
     pending = 0
     async with connect(creds) as client:
+        address = client.address
         assert client.welcome is not None
         window = client.welcome.delivery_window
         while pending < window:
@@ -73,10 +74,21 @@ async def _status(creds: Credentials) -> Out:
     return {
         "user_id": display(creds.user_id),
         "device_id": creds.device_id,
-        "server": f"{creds.host}:{creds.port}",
+        **_servers(creds, address),
         "login": "ok",
         "waiting_messages": shown,
     }
+
+
+def _servers(creds: Credentials, connected: Address | None = None) -> Out:
+    """``server`` (the first address, as before) and, for a server with several nodes,
+    ``servers`` (all of them) and ``connected_to``."""
+    out: Out = {"server": format_address(creds.host, creds.port)}
+    if len(creds.addresses) > 1:
+        out["servers"] = [format_address(h, p) for h, p in creds.addresses]
+        if connected is not None:
+            out["connected_to"] = format_address(*connected)
+    return out
 
 
 def _suites_arg(text: str) -> tuple[int, ...]:
@@ -117,9 +129,11 @@ def _whoami(profile: Profile) -> Out:
     out: Out = {
         "user_id": display(creds.user_id),
         "device_id": creds.device_id,
-        "server": f"{creds.host}:{creds.port}",
+        **_servers(creds),
         "server_fingerprint": fingerprint_text(creds.fingerprint),
     }
+    if len(creds.fingerprints) > 1:
+        out["server_fingerprints"] = [fingerprint_text(x) for x in creds.fingerprints]
     if profile.has_e2e():
         state = profile.load_state()
         uik = state.uik_public()

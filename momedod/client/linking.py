@@ -130,7 +130,8 @@ async def link_new(
         secret = os.urandom(16)
         code, expires_ms = await client.link_invite(_invite_ttl(wait))
         # Our pinned organisation key goes along, so the new device pins the same one.
-        link = InviteLink(creds.host, creds.port, code, creds.fingerprint, state.org_fp).format()
+        # Every server address and pin goes along too (a server with several nodes).
+        link = InviteLink.of(creds.addresses, code, creds.fingerprints, state.org_fp).format()
         res = on_code(format_link_string(link, secret))
         if res is not None:
             await res

@@ -22,7 +22,16 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from momedod.client.profile import E2EState, Prekey, Profile, SendingState
-from momedod.client.transport import Client, ClientError, Credentials, ServerError, connect_invite
+from momedod.client.transport import (
+    DEFAULT_BACKOFF,
+    Backoff,
+    Client,
+    ClientError,
+    Credentials,
+    PinMismatch,
+    ServerError,
+    connect_invite,
+)
 from momedod.client.transport import connect as transport_connect
 from momedod.e2e.chain import (
     ChainDist,
@@ -69,7 +78,7 @@ from momedod.e2e.suites import (
 from momedod.e2e.trust import KeyChange, Pinned, RogueDevice, TrustStore
 from momedod.protocol import frames as f
 from momedod.protocol.errors import ErrorCode, ProtocolError
-from momedod.protocol.invite import parse_invite_link
+from momedod.protocol.invite import Address, format_address, parse_invite_link
 from momedod.protocol.records import (
     DEVICE_FLAG_MANAGER,
     RECORD_DEVICE_LIST,
@@ -1271,18 +1280,86 @@ async def send_text(
     raise last
 
 
+RECONNECT_AFTER = frozenset(
+    {ErrorCode.SERVER_BUSY, ErrorCode.SHUTTING_DOWN, ErrorCode.TIMEOUT, ErrorCode.INTERNAL}
+)
+"""Server errors after which ``receive(wait=None)`` reconnects; any other one ends it."""
+RECONNECT_RESET_S = 60.0
+"""A connection that lasted this long starts the back-off from the beginning again."""
+
+
 async def receive(
     profile: Profile,
     on_event: Callable[[Event], Awaitable[None] | None],
     *,
     wait: float | None = 0.0,
     save_dir: Path | None = None,
+    backoff: Backoff = DEFAULT_BACKOFF,
 ) -> int:
     """Connect and process deliveries (see :meth:`Messenger.receive`); with ``save_dir``,
-    received attachments are downloaded, checked, decrypted and saved there."""
+    received attachments are downloaded, checked, decrypted and saved there.
+
+    ``wait=None`` (``momedo listen``) runs until cancelled: once connected, a lost
+    connection (or a node shutting down) is reported as a notice and the client reconnects
+    through ``connect`` — every address, the one that last worked first — after a
+    jittered, doubling ``backoff``. Each connection starts from the state as saved, so a
+    delivery that was processed but not acknowledged is recognised when it comes again.
+    A first connection that fails, a pin mismatch on every address and a final server
+    error (disabled user, revoked device, ...) end it with the error.
+    """
+    if wait is not None:
+        return await _receive_once(profile, on_event, wait, save_dir, None)
+    count = 0
+    failures = 0
+    connected: list[Address] = []  # the address of the last connection, once there was one
+    while True:
+        started = trio.current_time()
+        try:
+            count += await _receive_once(profile, on_event, None, save_dir, connected)
+        except PinMismatch:
+            raise
+        except ServerError as e:
+            if not connected or e.code not in RECONNECT_AFTER:
+                raise
+            error: ClientError = e
+        except ClientError as e:
+            if not connected:
+                raise
+            error = e
+        if trio.current_time() - started > RECONNECT_RESET_S:
+            failures = 0
+        delay = backoff.delay(failures)
+        failures += 1
+        await _emit_event(
+            on_event,
+            Notice("warning", f"connection lost ({error}); reconnecting in {delay:.1f} s"),
+        )
+        await trio.sleep(delay)
+
+
+async def _emit_event(on_event: Callable[[Event], Awaitable[None] | None], event: Event) -> None:
+    res = on_event(event)
+    if res is not None:
+        await res
+
+
+async def _receive_once(
+    profile: Profile,
+    on_event: Callable[[Event], Awaitable[None] | None],
+    wait: float | None,
+    save_dir: Path | None,
+    connected: list[Address] | None,
+) -> int:
     creds = profile.credentials()
     state = profile.load_state()
     async with transport_connect(creds) as client:
+        if connected is not None:
+            if connected and len(creds.addresses) > 1:
+                where = format_address(*client.address)
+                await _emit_event(on_event, Notice("info", f"reconnected to {where}"))
+            elif connected:
+                await _emit_event(on_event, Notice("info", "reconnected"))
+            connected[:] = [client.address]
         for notice in await maintain_prekeys(profile, client, state):
             res = on_event(notice)
             if res is not None:

@@ -11,6 +11,14 @@ This is the transport layer the end-to-end layer builds on; payloads are opaque 
 One background task reads frames: replies are matched to requests by request_id, DELIVER and
 DRAINED go to an inbox, and a server PING is answered at once. A fatal ERROR from the server
 fails every waiting call with ``ServerError``.
+
+Several server addresses (a server that runs as several nodes, docs/PROTOCOL.md section 2):
+``connect`` and ``connect_invite`` try the addresses one after the other — the one that last
+worked first, then the others in the order of the invite link — and accept a certificate
+whose fingerprint is any of the pins. After a full round without success they wait with a
+jittered, doubling back-off (:class:`Backoff`) and try again, ``rounds`` times. A pin
+mismatch is never passed over silently: it is reported through ``on_warning`` naming the
+address, and if no other address answered, ``connect`` raises :class:`PinMismatch` at once.
 """
 
 from __future__ import annotations
@@ -18,10 +26,12 @@ from __future__ import annotations
 import hmac
 import json
 import math
+import random
 import ssl
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field, replace
 from itertools import count
 from pathlib import Path
 from typing import Any
@@ -34,10 +44,26 @@ from momedod.protocol import frames as f
 from momedod.protocol.auth import auth_message, enroll_message
 from momedod.protocol.connection import Connection, Role
 from momedod.protocol.errors import ErrorCode, LocalProtocolError, ProtocolError
-from momedod.protocol.invite import cert_fingerprint, fingerprint_text, parse_invite_link
+from momedod.protocol.invite import (
+    Address,
+    InvalidInviteLink,
+    cert_fingerprint,
+    check_addresses,
+    check_pins,
+    fingerprint_text,
+    format_address,
+    parse_address,
+    parse_invite_link,
+)
 
 CLIENT_SOFTWARE = "momedo-py/0.1"
 DEFAULT_TIMEOUT = 30.0
+ADDRESS_TIMEOUT = 10.0
+"""Seconds for TCP and TLS to one of several addresses before the next one is tried."""
+CONNECT_ROUNDS = 3
+"""Rounds over all addresses ``connect`` makes before it gives up (None: forever)."""
+_FAILOVER_CODES = frozenset({ErrorCode.SERVER_BUSY, ErrorCode.SHUTTING_DOWN})
+"""Server errors that send the client to the next address instead of ending the attempt."""
 
 
 class ClientError(Exception):
@@ -58,12 +84,53 @@ class ServerError(ClientError):
 
 
 class PinMismatch(ClientError):
-    """The server's certificate is not the pinned one."""
+    """The server's certificate is not a pinned one (someone may be intercepting)."""
+
+    def __init__(self, text: str, addresses: Sequence[Address] = ()) -> None:
+        super().__init__(text)
+        self.addresses = tuple(addresses)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Jittered, doubling waits between rounds over all server addresses: the n-th wait
+    (from 0) is ``min(first_s * 2**n, max_s)``, times a random factor in ``1 ± jitter``,
+    and never more than ``max_s``."""
+
+    first_s: float = 0.5
+    max_s: float = 30.0
+    jitter: float = 0.5
+
+    def delay(self, n: int) -> float:
+        base = min(math.ldexp(self.first_s, min(n, 64)), self.max_s)
+        return min(self.max_s, base * random.uniform(1 - self.jitter, 1 + self.jitter))
+
+
+DEFAULT_BACKOFF = Backoff()
+
+
+def _stderr_warning(text: str) -> None:
+    print(f"momedo: warning: {text}", file=sys.stderr, flush=True)
+
+
+warning_handler: Callable[[str], None] = _stderr_warning
+"""Where ``connect`` reports a pin mismatch on one address when another one worked (unless
+the call passes ``on_warning``); the command-line client prints it to stderr."""
+
+_last_good: dict[tuple[Address, ...], Address] = {}
+"""In this process: the address that last worked, per address list."""
 
 
 @dataclass(frozen=True)
 class Credentials:
-    """What a device needs to log in again: server, pin, address and transport key seed."""
+    """What a device needs to log in again: server addresses, pins, address and transport
+    key seed.
+
+    ``host``/``port``/``fingerprint`` are the first address and pin (older profiles hold
+    only these); ``addresses`` and ``fingerprints`` default to them. ``last_good`` is the
+    address that last worked (tried first). ``path`` is the file the credentials were loaded
+    from: ``connect`` records a changed ``last_good`` there.
+    """
 
     host: str
     port: int
@@ -71,19 +138,70 @@ class Credentials:
     user_id: str
     device_id: int
     transport_seed: bytes  # Ed25519 private key (raw 32 bytes); never leaves the device
+    addresses: tuple[Address, ...] = ()
+    fingerprints: tuple[bytes, ...] = ()
+    last_good: Address | None = None
+    path: Path | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        addresses = tuple((str(h), int(p)) for h, p in self.addresses) or ((self.host, self.port),)
+        pins = tuple(self.fingerprints) or (self.fingerprint,)
+        if addresses[0] != (self.host, self.port) or pins[0] != self.fingerprint:
+            raise ValueError("the first address and pin must be host:port and fingerprint")
+        try:
+            check_addresses(addresses)
+            check_pins(pins)
+        except InvalidInviteLink as e:
+            raise ValueError(str(e)) from None
+        object.__setattr__(self, "addresses", addresses)
+        object.__setattr__(self, "fingerprints", pins)
+        if self.last_good is not None:
+            last = (str(self.last_good[0]), int(self.last_good[1]))
+            object.__setattr__(self, "last_good", last if last in addresses else None)
 
     def save(self, path: Path) -> None:
-        data = asdict(self)
-        data["fingerprint"] = self.fingerprint.hex()
-        data["transport_seed"] = self.transport_seed.hex()
+        # A single-address profile keeps exactly the older form (older clients read it).
+        data: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "fingerprint": self.fingerprint.hex(),
+            "user_id": self.user_id,
+            "device_id": self.device_id,
+            "transport_seed": self.transport_seed.hex(),
+        }
+        if len(self.addresses) > 1:
+            data["addresses"] = [format_address(h, p) for h, p in self.addresses]
+        if len(self.fingerprints) > 1:
+            data["fingerprints"] = [x.hex() for x in self.fingerprints]
+        if self.last_good is not None and self.last_good != self.addresses[0]:
+            data["last_good"] = format_address(*self.last_good)
         write_private(path, json.dumps(data).encode())
 
     @classmethod
     def load(cls, path: Path) -> Credentials:
         data = json.loads(path.read_text())
-        data["fingerprint"] = bytes.fromhex(data["fingerprint"])
-        data["transport_seed"] = bytes.fromhex(data["transport_seed"])
-        return cls(**data)
+        try:
+            addresses = tuple(parse_address(a) for a in data.get("addresses", ()))
+            last = data.get("last_good")
+            last_good = parse_address(last) if last else None
+        except InvalidInviteLink as e:
+            raise ValueError(str(e)) from None
+        return cls(
+            str(data["host"]),
+            int(data["port"]),
+            bytes.fromhex(data["fingerprint"]),
+            str(data["user_id"]),
+            int(data["device_id"]),
+            bytes.fromhex(data["transport_seed"]),
+            addresses,
+            tuple(bytes.fromhex(x) for x in data.get("fingerprints", ())),
+            last_good,
+            path,
+        )
+
+    def servers(self) -> str:
+        """The addresses as text, e.g. ``a.example:7443, b.example:7443``."""
+        return ", ".join(format_address(h, p) for h, p in self.addresses)
 
 
 def _client_context() -> ssl.SSLContext:
@@ -98,9 +216,17 @@ def _client_context() -> ssl.SSLContext:
 class Client:
     """A connected, HELLO-negotiated session. Create with ``open_client``."""
 
-    def __init__(self, stream: trio.SSLStream[Any], cert_fp: bytes, timeout: float) -> None:
+    def __init__(
+        self,
+        stream: trio.SSLStream[Any],
+        cert_fp: bytes,
+        timeout: float,
+        address: Address = ("", 0),
+    ) -> None:
         self._stream = stream
         self.cert_fp = cert_fp
+        self.address = address  # the server address this connection went to
+        self.warnings: list[str] = []  # pin mismatches on other addresses, if any
         self.timeout = timeout
         self.conn = Connection(Role.CLIENT, 64 * 1024 * 1024)
         self.welcome: f.Welcome | None = None
@@ -386,32 +512,45 @@ class Client:
 
 @asynccontextmanager
 async def open_client(
-    host: str, port: int, fingerprint: bytes, *, timeout: float = DEFAULT_TIMEOUT
+    host: str,
+    port: int,
+    fingerprint: bytes | Sequence[bytes],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    connect_timeout: float | None = None,
 ) -> AsyncIterator[Client]:
-    """Connect, check the certificate pin, and exchange HELLO/WELCOME."""
+    """Connect, check the certificate pin (one, or any of several), and exchange
+    HELLO/WELCOME. ``connect_timeout`` bounds TCP and TLS (default: ``timeout``)."""
+    pins = [fingerprint] if isinstance(fingerprint, bytes) else list(fingerprint)
+    where = format_address(host, port)
+    limit = timeout if connect_timeout is None else connect_timeout
     try:
-        with trio.fail_after(timeout):
+        with trio.fail_after(limit):
             tcp = await trio.open_tcp_stream(host, port)
     except (OSError, trio.TooSlowError) as e:
-        raise ClientError(f"cannot connect to {host}:{port}: {e}") from e
+        raise ClientError(f"cannot connect to {where}: {e or 'timed out'}") from e
     stream = trio.SSLStream(tcp, _client_context(), server_hostname=None)
     try:
-        with trio.fail_after(timeout):
+        with trio.fail_after(limit):
             await stream.do_handshake()
     except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError) as e:
         await trio.aclose_forcefully(stream)
-        raise ClientError(f"TLS handshake with {host}:{port} failed: {e}") from e
+        raise ClientError(f"TLS handshake with {where} failed: {e or 'timed out'}") from e
     try:
         seen = cert_fingerprint(stream.getpeercert(binary_form=True) or b"")
     except ValueError:
         seen = b""
-    if not hmac.compare_digest(seen, fingerprint):
+    # Compare with every pin (no early exit): the time taken says nothing about which.
+    if not sum(hmac.compare_digest(seen, pin) for pin in pins):
         await trio.aclose_forcefully(stream)
+        expected = ", ".join(fingerprint_text(pin) for pin in pins)
         raise PinMismatch(
-            f"{host}:{port} presented key {fingerprint_text(seen) if seen else '(none)'}, "
-            f"expected {fingerprint_text(fingerprint)}"
+            f"{where} presented key {fingerprint_text(seen) if seen else '(none)'}, "
+            f"expected {expected if len(pins) == 1 else 'one of ' + expected}: someone may "
+            "be intercepting the connection to this address",
+            [(host, port)],
         )
-    client = Client(stream, seen, timeout)
+    client = Client(stream, seen, timeout, (host, port))
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client._reader)
@@ -428,20 +567,182 @@ async def open_client(
         await trio.aclose_forcefully(stream)
 
 
+def _ordered(addresses: Sequence[Address], prefer: Address | None) -> list[Address]:
+    """``prefer`` (the address that last worked) first, then the others in order."""
+    if prefer is None or prefer not in addresses:
+        return list(addresses)
+    return [prefer, *(a for a in addresses if a != prefer)]
+
+
+@asynccontextmanager
+async def open_failover(
+    addresses: Sequence[Address],
+    pins: Sequence[bytes],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    rounds: int | None = CONNECT_ROUNDS,
+    backoff: Backoff = DEFAULT_BACKOFF,
+    prefer: Address | None = None,
+    setup: Callable[[Client], Awaitable[object]] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> AsyncIterator[Client]:
+    """A client connected to the first of ``addresses`` that answers with one of ``pins``.
+
+    ``setup`` (e.g. the login) runs on each connection before it counts as working; a
+    failure in it (other than a server error that is final, which is raised) moves on to
+    the next address. Between full rounds the client waits ``backoff``; after ``rounds``
+    rounds (None: never) it raises ``ClientError`` listing every address's failure (a
+    single address: that failure itself). A pin mismatch is reported through
+    ``on_warning`` and, if no address worked in that round, raised as :class:`PinMismatch`.
+    """
+    if rounds is not None and rounds < 1:
+        raise ValueError("rounds must be at least 1")
+    warn = on_warning or warning_handler
+    order = _ordered(addresses, prefer)
+    connect_timeout = timeout if len(order) == 1 else min(timeout, ADDRESS_TIMEOUT)
+    done = 0
+    while True:
+        failures: list[str] = []
+        last: ClientError | None = None
+        mismatches: list[PinMismatch] = []
+        for host, port in order:
+            stack = AsyncExitStack()
+            try:
+                client = await stack.enter_async_context(
+                    open_client(host, port, pins, timeout=timeout, connect_timeout=connect_timeout)
+                )
+                if setup is not None:
+                    await setup(client)
+            except PinMismatch as e:
+                await stack.aclose()
+                mismatches.append(e)
+                if len(order) > 1:
+                    warn(str(e))
+                continue
+            except ServerError as e:
+                await stack.aclose()
+                if e.code not in _FAILOVER_CODES:
+                    raise
+                failures.append(f"{format_address(host, port)}: {e}")
+                last = e
+                continue
+            except ClientError as e:
+                await stack.aclose()
+                text = str(e)
+                where = format_address(host, port)
+                failures.append(text if where in text else f"{where}: {text}")
+                last = e
+                continue
+            except BaseException:
+                await stack.aclose()
+                raise
+            client.warnings = [str(m) for m in mismatches]
+            async with stack:
+                yield client
+            return
+        if mismatches:
+            if len(mismatches) == 1 and not failures:
+                raise mismatches[0]
+            raise PinMismatch(
+                "; ".join([str(m) for m in mismatches] + failures),
+                [a for m in mismatches for a in m.addresses],
+            )
+        done += 1
+        if rounds is not None and done >= rounds:
+            if len(order) == 1 and last is not None:
+                raise last
+            raise ClientError(
+                f"no server address answered ({done} round{'s' if done > 1 else ''} over "
+                f"{len(order)} addresses): " + "; ".join(failures)
+            )
+        await trio.sleep(backoff.delay(done - 1))
+
+
 @asynccontextmanager
 async def connect_invite(
-    link: str, device_name: str, *, timeout: float = DEFAULT_TIMEOUT
+    link: str,
+    device_name: str,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    rounds: int | None = CONNECT_ROUNDS,
+    backoff: Backoff = DEFAULT_BACKOFF,
+    on_warning: Callable[[str], None] | None = None,
 ) -> AsyncIterator[tuple[Client, Credentials]]:
-    """Enroll a new device from an invite link; yields the logged-in client and credentials."""
+    """Enroll a new device from an invite link; yields the logged-in client and credentials.
+
+    Connecting fails over between the link's addresses; the ENROLL itself is sent once
+    (it uses the invite up), on the connection that answered."""
     inv = parse_invite_link(link)
-    async with open_client(inv.host, inv.port, inv.fingerprint, timeout=timeout) as client:
+    async with open_failover(
+        inv.addresses,
+        inv.fingerprints,
+        timeout=timeout,
+        rounds=rounds,
+        backoff=backoff,
+        on_warning=on_warning,
+    ) as client:
         uid, did, seed = await client.enroll(inv.code, device_name)
-        yield client, Credentials(inv.host, inv.port, inv.fingerprint, uid, did, seed)
+        _last_good[inv.addresses] = client.address
+        creds = Credentials(
+            inv.host,
+            inv.port,
+            inv.fingerprint,
+            uid,
+            did,
+            seed,
+            inv.addresses,
+            inv.fingerprints,
+            client.address,
+        )
+        yield client, creds
 
 
 @asynccontextmanager
-async def connect(creds: Credentials, *, timeout: float = DEFAULT_TIMEOUT) -> AsyncIterator[Client]:
-    """Connect and log in with saved credentials."""
-    async with open_client(creds.host, creds.port, creds.fingerprint, timeout=timeout) as client:
+async def connect(
+    creds: Credentials,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    rounds: int | None = CONNECT_ROUNDS,
+    backoff: Backoff = DEFAULT_BACKOFF,
+    on_warning: Callable[[str], None] | None = None,
+) -> AsyncIterator[Client]:
+    """Connect and log in with saved credentials, failing over between their addresses
+    (the one that last worked first). A changed working address is recorded in the
+    credentials file they were loaded from."""
+
+    async def login(client: Client) -> None:
         await client.login(creds.user_id, creds.device_id, creds.transport_seed)
+
+    prefer = _last_good.get(creds.addresses, creds.last_good)
+    async with open_failover(
+        creds.addresses,
+        creds.fingerprints,
+        timeout=timeout,
+        rounds=rounds,
+        backoff=backoff,
+        prefer=prefer,
+        setup=login,
+        on_warning=on_warning,
+    ) as client:
+        _last_good[creds.addresses] = client.address
+        known = creds.last_good or creds.addresses[0]
+        if len(creds.addresses) > 1 and client.address != known and creds.path is not None:
+            _remember(creds, client.address)
         yield client
+
+
+def _remember(creds: Credentials, address: Address) -> None:
+    """Record the working address in the credentials file (best effort: the next run just
+    tries the addresses in the old order if this fails)."""
+    assert creds.path is not None
+    try:
+        current = Credentials.load(creds.path)
+        if (current.user_id, current.device_id, current.addresses) != (
+            creds.user_id,
+            creds.device_id,
+            creds.addresses,
+        ):
+            return
+        replace(current, last_good=address).save(creds.path)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass

@@ -17,14 +17,19 @@ import trio
 import momedod
 from momedod.admin.events import RateSampler, counter_total, install_log_hook
 from momedod.admin.server import AdminHandler, serve_admin
-from momedod.config import Config, ConfigError, ListenerConfig, load_config
+from momedod.config import Config, ConfigError, ListenerConfig, load_config, server_addresses
 from momedod.e2e.errors import E2EError
 from momedod.e2e.roster import current_org_key
 from momedod.observability import logging as mlog
 from momedod.observability import metrics
 from momedod.observability import systemd as sd
 from momedod.protocol.errors import ErrorCode
-from momedod.protocol.invite import InviteLink, fingerprint_text
+from momedod.protocol.invite import (
+    InviteLink,
+    fingerprint_text,
+    format_address,
+    parse_fingerprint_text,
+)
 from momedod.server import blobs, conversations
 from momedod.server.abuse import Abuse
 from momedod.server.blobstore import BlobFiles
@@ -98,18 +103,27 @@ class Daemon:
         return self.listeners[0].tls.fingerprint
 
     def public_address(self) -> tuple[str, int]:
-        if self.config.server.public_address:
-            host, _, port_text = self.config.server.public_address.rpartition(":")
-            return host.strip("[]"), int(port_text)
+        return self.public_addresses()[0]
+
+    def public_addresses(self) -> tuple[tuple[str, int], ...]:
+        """Where invite links point: [server] public_addresses or public_address, else the
+        first listener."""
+        configured = server_addresses(self.config.server)
+        if configured:
+            return configured
         first = self.listeners[0]
         host, port = first.bound[0] if first.bound else (first.config.address, first.config.port)
         if host in ("0.0.0.0", "::"):
             host = os.uname().nodename
-        return host, port
+        return ((host, port),)
+
+    def pins(self) -> tuple[bytes, ...]:
+        """The certificate pins invite links carry: ours, then [server] certificate_pins."""
+        extra = (parse_fingerprint_text(p) for p in self.config.server.certificate_pins or ())
+        return (self.fingerprint, *(p for p in extra if p != self.fingerprint))
 
     def invite_link(self, code: str) -> str:
-        host, port = self.public_address()
-        return str(InviteLink(host, port, code, self.fingerprint, self.org_fp))
+        return str(InviteLink.of(self.public_addresses(), code, self.pins(), self.org_fp))
 
     def set_org_fp(self, fp: bytes) -> None:
         self.org_fp = fp
@@ -137,6 +151,8 @@ class Daemon:
             "version": momedod.__version__,
             "uptime_s": round(time.monotonic() - self.started, 1),
             "public_address": f"{host}:{port}",
+            "public_addresses": [format_address(h, p) for h, p in self.public_addresses()],
+            "certificate_pins": [fingerprint_text(p) for p in self.pins()],
             "fingerprint": fingerprint_text(self.fingerprint),
             "org_fingerprint": None if self.org_fp is None else fingerprint_text(self.org_fp),
             "state_dir": str(self.config.server.state_dir),

@@ -87,6 +87,7 @@ BLOB_ID = bytes.fromhex("b10bb10bb10bb10bb10bb10bb10bb10b")
 BLOB_ID_2 = bytes.fromhex("b20bb20bb20bb20bb20bb20bb20bb20b")
 BLOB_BYTES = bytes(range(40))  # a 40-byte "ciphertext" uploaded in two chunks
 ORG_FP = hashlib.sha256(b"momedo test organisation key").digest()
+CERT_FP_2 = hashlib.sha256(b"momedo test certificate of a second node").digest()
 
 _BYTES_FIELDS = frozenset(
     {
@@ -687,25 +688,44 @@ def auth_vectors() -> list[dict[str, Any]]:
 
 
 def invite_vectors() -> list[dict[str, Any]]:
-    """Invite links for a DNS name, an IPv4 and an IPv6 address, without and with ORGFP."""
+    """Invite links for a DNS name, an IPv4 and an IPv6 address, without and with ORGFP; then
+    links of a server with several nodes: two addresses, and two addresses with two pins."""
     out = []
+    one = (CERT_FP,)
+    two = (CERT_FP, CERT_FP_2)
+    cases: tuple[tuple[str, tuple[tuple[str, int], ...], tuple[bytes, ...], bytes | None], ...]
     cases = (
-        ("chat.example.org", 7443, None),
-        ("192.0.2.10", 443, None),
-        ("2001:db8::10", 7443, None),
-        ("chat.example.org", 7443, ORG_FP),
-        ("2001:db8::10", 7443, ORG_FP),
+        ("chat.example.org", (("chat.example.org", 7443),), one, None),
+        ("192.0.2.10", (("192.0.2.10", 443),), one, None),
+        ("2001:db8::10", (("2001:db8::10", 7443),), one, None),
+        ("chat.example.org_org", (("chat.example.org", 7443),), one, ORG_FP),
+        ("2001:db8::10_org", (("2001:db8::10", 7443),), one, ORG_FP),
+        (
+            "two_addresses",
+            (("a.chat.example.org", 7443), ("b.chat.example.org", 7443)),
+            one,
+            None,
+        ),
+        (
+            "two_addresses_two_pins_org",
+            (("chat.example.org", 7443), ("2001:db8::11", 7443)),
+            two,
+            ORG_FP,
+        ),
     )
-    for host, port, org_fp in cases:
-        link = invite.InviteLink(host, port, INVITE_CODE, CERT_FP, org_fp)
+    for name, addresses, pins, org_fp in cases:
+        link = invite.InviteLink.of(addresses, INVITE_CODE, pins, org_fp)
         out.append(
             {
-                "name": f"{host}{'_org' if org_fp else ''}",
-                "host": host,
-                "port": port,
+                "name": name,
+                "host": addresses[0][0],
+                "port": addresses[0][1],
+                "addresses": [{"host": h, "port": p} for h, p in addresses],
                 "code": INVITE_CODE,
                 "fingerprint": CERT_FP.hex(),
                 "fingerprint_text": invite.fingerprint_text(CERT_FP),
+                "fingerprints": [x.hex() for x in pins],
+                "fingerprints_text": [invite.fingerprint_text(x) for x in pins],
                 "org_fingerprint": org_fp.hex() if org_fp else None,
                 "org_fingerprint_text": invite.fingerprint_text(org_fp) if org_fp else None,
                 "link": str(link),
@@ -718,7 +738,10 @@ def invite_must_fail_vectors() -> list[dict[str, str]]:
     """Invite links a parser must reject."""
     fp = invite.fingerprint_text(CERT_FP)
     org = invite.fingerprint_text(ORG_FP)
+    fp2 = invite.fingerprint_text(CERT_FP_2)
+    nine = [invite.fingerprint_text(hashlib.sha256(bytes([i])).digest()) for i in range(9)]
     good = f"chat.example.org:7443/invite/{INVITE_CODE}"
+    tail = f"/invite/{INVITE_CODE}#{fp}"
     return [
         {"name": "wrong_scheme", "link": f"https://{good}#{fp}"},
         {"name": "no_fingerprint", "link": f"momedo://{good}"},
@@ -739,6 +762,35 @@ def invite_must_fail_vectors() -> list[dict[str, str]]:
         {"name": "three_fingerprints", "link": f"momedo://{good}#{fp}.{org}.{org}"},
         {"name": "org_fingerprint_only", "link": f"momedo://{good}#.{org}"},
         {"name": "org_fingerprint_comma", "link": f"momedo://{good}#{fp},{org}"},
+        # several addresses (separated by ",") and pins (separated by "+")
+        {"name": "empty_address", "link": f"momedo://a.example:1,,b.example:1{tail}"},
+        {"name": "trailing_comma", "link": f"momedo://a.example:1,{tail}"},
+        {"name": "leading_comma", "link": f"momedo://,a.example:1{tail}"},
+        {"name": "duplicate_address", "link": f"momedo://a.example:1,a.example:1{tail}"},
+        {"name": "duplicate_address_case", "link": f"momedo://a.example:1,A.EXAMPLE.:1{tail}"},
+        {"name": "duplicate_ipv6", "link": f"momedo://[2001:db8::1]:1,[2001:db8:0::1]:1{tail}"},
+        {"name": "second_address_no_port", "link": f"momedo://a.example:1,b.example{tail}"},
+        {
+            "name": "second_address_ipv6_without_brackets",
+            "link": f"momedo://a.example:1,2001:db8::1:1{tail}",
+        },
+        {
+            "name": "nine_addresses",
+            "link": "momedo://" + ",".join(f"n{i}.example:1" for i in range(9)) + tail,
+        },
+        {"name": "empty_pin", "link": f"momedo://{good}#{fp}+"},
+        {"name": "leading_plus", "link": f"momedo://{good}#+{fp}"},
+        {"name": "duplicate_pin", "link": f"momedo://{good}#{fp}+{fp}"},
+        {"name": "second_pin_short", "link": f"momedo://{good}#{fp}+{fp2[:-1]}"},
+        {"name": "second_pin_not_canonical", "link": f"momedo://{good}#{fp}+{fp2[:-1]}B"},
+        {"name": "nine_pins", "link": f"momedo://{good}#" + "+".join(nine)},
+        {"name": "plus_after_org_fingerprint", "link": f"momedo://{good}#{fp}.{org}+{fp2}"},
+        {
+            "name": "longer_than_2048",
+            "link": "momedo://"
+            + ",".join(f"{'n' * 63}.{'x' * 63}.{'y' * 63}.{'z' * 58}.e{i}:65535" for i in range(8))
+            + tail,
+        },
     ]
 
 

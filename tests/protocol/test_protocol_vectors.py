@@ -100,18 +100,25 @@ def test_auth_message_vector(vector: dict[str, Any]) -> None:
 def test_invite_link_vector(vector: dict[str, Any]) -> None:
     fp = bytes.fromhex(vector["fingerprint"])
     org_fp = None if vector["org_fingerprint"] is None else bytes.fromhex(vector["org_fingerprint"])
-    link = invite.InviteLink(vector["host"], vector["port"], vector["code"], fp, org_fp)
+    addresses = [(a["host"], a["port"]) for a in vector["addresses"]]
+    pins = [bytes.fromhex(x) for x in vector["fingerprints"]]
+    assert addresses[0] == (vector["host"], vector["port"]) and pins[0] == fp
+    link = invite.InviteLink.of(addresses, vector["code"], pins, org_fp)
     assert str(link) == vector["link"]
     assert invite.parse_invite_link(vector["link"]) == link
     assert invite.fingerprint_text(fp) == vector["fingerprint_text"]
+    assert [invite.fingerprint_text(x) for x in pins] == vector["fingerprints_text"]
+    if len(addresses) == 1 and len(pins) == 1:  # the single-address form of older servers
+        single = invite.InviteLink(vector["host"], vector["port"], vector["code"], fp, org_fp)
+        assert single == link
+    fragment = "+".join(vector["fingerprints_text"])
     if org_fp is None:
         assert vector["org_fingerprint_text"] is None
         assert "." not in vector["link"].partition("#")[2]
     else:
         assert invite.fingerprint_text(org_fp) == vector["org_fingerprint_text"]
-        assert vector["link"].endswith(
-            f"#{vector['fingerprint_text']}.{vector['org_fingerprint_text']}"
-        )
+        fragment += "." + vector["org_fingerprint_text"]
+    assert vector["link"].endswith("#" + fragment)
 
 
 @pytest.mark.parametrize("vector", by_name("invite_links_must_fail"))

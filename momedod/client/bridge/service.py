@@ -2,10 +2,13 @@
 
 Theory of operation. One task owns the connection (:meth:`Bridge._connection_loop`): it
 connects, publishes due prekeys, then processes deliveries until the connection fails, and
-reconnects after a jittered, doubling back-off (1 s … 60 s). Each connection gets a fresh
-:class:`~momedod.client.messenger.Messenger` over the state *as saved*: whatever a failed
-connection changed in memory and did not save is forgotten, and the server redelivers what
-was not acked.
+reconnects after a jittered, doubling back-off (1 s … 60 s). Connecting goes through
+:func:`~momedod.client.transport.connect`: a server with several nodes has several
+addresses, and each attempt tries them all, the one that last worked first; a certificate
+that matches none of the pins is logged as ``bridge_pin_mismatch`` naming the address.
+Each connection gets a fresh :class:`~momedod.client.messenger.Messenger` over the state
+*as saved*: whatever a failed connection changed in memory and did not save is forgotten,
+and the server redelivers what was not acked.
 
 Every use of the messenger's state holds ``self._lock``, so a send never interleaves with a
 delivery being processed. A delivery is processed as: handle (decrypt; E2E state changed in
@@ -18,7 +21,6 @@ the redelivery a duplicate the inbox ignores (``msg_id`` is unique).
 from __future__ import annotations
 
 import os
-import random
 import secrets
 import stat
 import time
@@ -41,7 +43,7 @@ from momedod.client.messenger import (
     maintain_prekeys,
 )
 from momedod.client.profile import Profile
-from momedod.client.transport import Client, ClientError, ServerError
+from momedod.client.transport import Backoff, Client, ClientError, ServerError
 from momedod.client.transport import connect as transport_connect
 from momedod.e2e.attachment import AttachmentPointer, encrypt_attachment
 from momedod.e2e.envelope import ContentType
@@ -154,6 +156,8 @@ class Bridge:
         self._connected = trio.Event()
         self.on_stored: list[Any] = []  # callables woken after a message was committed
         self.last_error: str | None = None
+        # Waits between reconnection attempts (each a round over every server address).
+        self.backoff = Backoff(BACKOFF_MIN_S, BACKOFF_MAX_S)
 
     @property
     def connected(self) -> bool:
@@ -163,11 +167,13 @@ class Bridge:
 
     async def run(self) -> None:
         """Keep the device connected and process deliveries, forever."""
-        delay = BACKOFF_MIN_S
+        failures = 0
         while True:
             started = trio.current_time()
             try:
-                async with transport_connect(self.profile.credentials()) as client:
+                async with transport_connect(
+                    self.profile.credentials(), rounds=1, on_warning=self._pin_warning
+                ) as client:
                     await self._session(client)
             except* (ClientError, OSError, E2EError, MessengerError) as group:
                 self.last_error = str(group.exceptions[0])
@@ -175,10 +181,13 @@ class Bridge:
             finally:
                 self._msgr = None
                 self._connected = trio.Event()
-            if trio.current_time() - started > 2 * BACKOFF_MAX_S:
-                delay = BACKOFF_MIN_S  # it was up for a while: a new failure starts low again
-            await trio.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, BACKOFF_MAX_S)
+            if trio.current_time() - started > 2 * self.backoff.max_s:
+                failures = 0  # it was up for a while: a new failure starts low again
+            await trio.sleep(self.backoff.delay(failures))
+            failures += 1
+
+    def _pin_warning(self, text: str) -> None:
+        log.warning("bridge_pin_mismatch", error=text)
 
     async def _session(self, client: Client) -> None:
         async with self._lock:
