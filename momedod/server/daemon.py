@@ -243,6 +243,8 @@ class Daemon:
 
     def _describe_node(self) -> tuple[int, list[str]]:
         connections = sum(ls.connections for ls in self.listeners)
+        if not self.listeners and not server_addresses(self.config.server):
+            return connections, []  # not listening yet
         return connections, [format_address(h, p) for h, p in self.public_addresses()]
 
     async def start_cluster(self) -> None:

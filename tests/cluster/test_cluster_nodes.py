@@ -331,3 +331,10 @@ async def test_cluster_status_shows_both_nodes_then_a_dead_after_sigkill(nodes: 
             "node-a": "live",
             "node-b": "live",
         }
+        # A clean stop (SIGTERM) is not a death: A says so before it goes.
+        assert nodes.a.stop() == 0
+        status = admin_call(nodes.b.socket, "cluster.status")
+        assert {n["node"]: n["state"] for n in status["nodes"]} == {
+            "node-a": "stopped",
+            "node-b": "live",
+        }
