@@ -246,6 +246,7 @@ class Cluster:
         self._resync = True  # write every lease of this node again (start, after a failure)
         self.nodes: list[NodeStatus] = []  # as of the last heartbeat
         self.listening = False
+        self.listen_pid = 0  # the LISTEN connection's server process
         self._token: trio.lowlevel.TrioToken | None = None
         presence.on_lease_change = self._lease_wanted.set
         presence.on_offline = self.offline
@@ -599,6 +600,7 @@ class Cluster:
         except BaseException:
             conn.close()
             raise
+        self.listen_pid = conn.info.backend_pid
         return conn
 
     def _listen_thread(self, conn: psycopg.Connection[Any], stop: threading.Event) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
 import pytest
 import trio
 from pg import PgServer
@@ -190,3 +191,44 @@ def test_tui_server_panel_lists_the_nodes() -> None:
     assert ("Nodes", "chat1 (this)  live  3 connections, heartbeat 0.4 s ago") in lines
     assert ("", "chat2  dead  0 connections, heartbeat 12.0 s ago") in lines
     assert not any(label == "Nodes" for label, _ in server_lines({**info, "cluster": None}))
+
+
+async def test_a_node_that_lost_listen_catches_up_and_applies_missed_admin_actions(
+    tmp_path: Path, pg_server: PgServer, nursery: trio.Nursery
+) -> None:
+    dsn = pg_server.new_dsn()
+    store = PostgresStore(tmp_path, dsn, pool_size=2)
+    await store.open()
+    try:
+        y = await start_node(nursery, store, "y")
+        kept, disabled, revoked = (FakeSession((f"USER{i:08d}", 1)) for i in range(3))
+        for s in (kept, disabled, revoked):
+            y.presence.register(s)
+        await eventually(lambda: kept.pokes == 1)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for s in (kept, disabled, revoked):
+                conn.execute(
+                    "INSERT INTO users (user_id, name, created_ms) VALUES (%s, 'n', 0)",
+                    (s.addr[0],),
+                )
+                conn.execute(
+                    "INSERT INTO devices (user_id, device_id, name, transport_pub, created_ms)"
+                    " VALUES (%s, 1, 'd', %s, 0)",
+                    (s.addr[0], b"k" * 32),
+                )
+            # Changed by another node whose kick hints this node would miss: the LISTEN
+            # connection dies (as in a database failover) ...
+            conn.execute("UPDATE users SET disabled = 1 WHERE user_id = %s", (disabled.addr[0],))
+            conn.execute("UPDATE devices SET revoked_ms = 1 WHERE user_id = %s", (revoked.addr[0],))
+            old_pid = y.cluster.listen_pid
+            conn.execute("SELECT pg_terminate_backend(%s)", (old_pid,))
+        # ... and comes back: every session catches up from the store, and the sessions of
+        # the disabled user and the revoked device are closed.
+        await eventually(lambda: y.cluster.listen_pid not in (0, old_pid) and kept.pokes == 2)
+        await eventually(lambda: disabled.kicked == [ErrorCode.USER_DISABLED])
+        await eventually(lambda: revoked.kicked == [ErrorCode.DEVICE_REVOKED])
+        assert not kept.kicked
+        nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await store.close()
