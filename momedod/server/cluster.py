@@ -26,6 +26,10 @@ The store's rows stay the truth; what travels between nodes are *hints*.
   meanwhile (kick hints may have been missed).
 - **Admin actions.** Disconnecting a user or a device (disable, delete, revoke) is sent as a
   hint too; every node disconnects its sessions of that user or device on receipt.
+- **One session per device.** A device that logs in on one node replaces its older session
+  on another node, as on one node: the new leases are announced in a hint ("replaced"), and
+  the other nodes close their session of that device (SESSION_REPLACED) if it registered
+  earlier (by the nodes' wall clocks, which NTP keeps close enough for this).
 - **Race of a fresh login.** A message committed just before a new lease becomes visible may
   get no hint. So after writing new leases a node pokes those sessions once: whatever was
   committed before the lease was visible is read from the store then.
@@ -40,6 +44,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -101,13 +106,13 @@ CLUSTER_NODES = Gauge(
 )
 HINTS_SENT = Counter(
     "momedod_cluster_hints_sent_total",
-    "NOTIFY hints sent to the other nodes, by kind (wake, all, kick).",
+    "NOTIFY hints sent to the other nodes, by kind (wake, all, kick; kick includes replaced).",
     ["kind"],
     registry=metrics.REGISTRY,
 )
 HINTS_RECEIVED = Counter(
     "momedod_cluster_hints_received_total",
-    "Hints received from other nodes, by kind (wake, all, kick).",
+    "Hints received from other nodes, by kind (wake, all, kick, replaced).",
     ["kind"],
     registry=metrics.REGISTRY,
 )
@@ -139,15 +144,18 @@ class ClusterPresence(Presence):
         super().__init__()
         self.lease_changes: dict[Addr, bool] = {}  # addr -> connected (True) / gone (False)
         self.on_lease_change: Callable[[], None] | None = None
+        self.since_ms: dict[Addr, int] = {}  # wall-clock time each session registered
 
     def register(self, session: Online) -> None:
         super().register(session)
+        self.since_ms[session.addr] = int(time.time() * 1000)
         self._lease_changed(session.addr, True)
 
     def unregister(self, session: Online) -> None:
         before = len(self)
         super().unregister(session)
         if len(self) != before:
+            self.since_ms.pop(session.addr, None)
             self._lease_changed(session.addr, False)
 
     def addrs(self) -> list[Addr]:
@@ -269,6 +277,22 @@ class Cluster:
 
     def kick_device(self, addr: Addr, code: ErrorCode) -> None:
         self._queue_kick({"f": self.node, "kd": [addr[0], addr[1]], "c": int(code)})
+
+    def _queue_replaced(self, addrs: list[Addr]) -> None:
+        """Hints that these devices logged in here (in as many NOTIFYs as they need)."""
+        chunk: list[list[Any]] = []
+        size = 0
+        for uid, did in addrs:
+            since = self.presence.since_ms.get((uid, did))
+            if since is None:  # gone again meanwhile
+                continue
+            chunk.append([uid, did, since])
+            size += len(uid) + 40
+            if size > NOTIFY_LIMIT - 100:
+                self._queue_kick({"f": self.node, "rp": chunk})
+                chunk, size = [], 0
+        if chunk:
+            self._queue_kick({"f": self.node, "rp": chunk})
 
     def _queue_kick(self, hint: dict[str, Any]) -> None:
         self._kicks.append(json.dumps(hint, separators=(",", ":")))
@@ -461,6 +485,8 @@ class Cluster:
             delay = HINT_RETRY[0]
             # Messages committed before these leases became visible may have got no hint.
             self.presence.poke(added)
+            # Devices that logged in here: their older sessions on other nodes are replaced.
+            self._queue_replaced([a for a, on in changes.items() if on])
 
     def _write_leases(
         self, conn: psycopg.Connection[Any], resync: bool, added: list[Addr], gone: list[Addr]
@@ -633,6 +659,15 @@ class Cluster:
             elif "ku" in hint:
                 HINTS_RECEIVED.labels("kick").inc()
                 self._kick_user(str(hint["ku"]), ErrorCode(int(hint["c"])))
+            elif "rp" in hint:
+                HINTS_RECEIVED.labels("replaced").inc()
+                for uid, did, since in hint["rp"]:
+                    addr = (str(uid), int(did))
+                    mine = self.presence.since_ms.get(addr)
+                    # Only an older session is replaced (two logins of one device at once:
+                    # the hint of the older one may arrive after the newer one registered).
+                    if mine is not None and mine < int(since):
+                        self._kick_device(addr, ErrorCode.SESSION_REPLACED)
             elif "kd" in hint:
                 HINTS_RECEIVED.labels("kick").inc()
                 uid, did = hint["kd"]

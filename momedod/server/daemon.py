@@ -416,6 +416,7 @@ _KICK_TEXT = {
     ErrorCode.USER_DISABLED: "this account was disabled by an operator",
     ErrorCode.DEVICE_REVOKED: "this device was revoked by an operator",
     ErrorCode.SHUTTING_DOWN: "server is shutting down",
+    ErrorCode.SESSION_REPLACED: "this device logged in on a newer connection (another node)",
 }
 
 

@@ -232,3 +232,25 @@ async def test_a_node_that_lost_listen_catches_up_and_applies_missed_admin_actio
     finally:
         with trio.CancelScope(shield=True):
             await store.close()
+
+
+async def test_a_login_on_another_node_replaces_the_older_session(
+    tmp_path: Path, pg_server: PgServer, nursery: trio.Nursery
+) -> None:
+    store = PostgresStore(tmp_path, pg_server.new_dsn(), pool_size=2)
+    await store.open()
+    try:
+        x = await start_node(nursery, store, "x")
+        y = await start_node(nursery, store, "y")
+        old, other = FakeSession(("USER00000001", 1)), FakeSession(("USER00000001", 2))
+        x.presence.register(old)
+        x.presence.register(other)
+        await eventually(lambda: old.pokes == 1)
+        new = FakeSession(("USER00000001", 1))
+        y.presence.register(new)  # the same device, now through node y
+        await eventually(lambda: old.kicked == [ErrorCode.SESSION_REPLACED])
+        assert not other.kicked and not new.kicked
+        nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await store.close()
