@@ -296,6 +296,7 @@ def _show_server_info(result: dict[str, Any], args: argparse.Namespace) -> list[
     other_pins = [p for p in result.get("certificate_pins") or [] if p != fingerprint]
     pairs = [
         ("Name", result.get("name")),
+        ("Node", result.get("node") if result.get("cluster") is not None else None),
         ("Version", result.get("version")),
         ("Uptime", _uptime(result["uptime_s"]) if "uptime_s" in result else None),
         ("Public address", result.get("public_address") if len(addresses) < 2 else None),

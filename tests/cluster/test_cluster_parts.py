@@ -12,6 +12,7 @@ import trio
 from pg import PgServer
 
 from momedo_tui.app import server_lines
+from momedod.admin import ctl
 from momedod.config import ClusterConfig, ConfigError, load_config
 from momedod.protocol.errors import ErrorCode
 from momedod.server.cluster import Cluster, ClusterPresence
@@ -254,3 +255,60 @@ async def test_a_login_on_another_node_replaces_the_older_session(
     finally:
         with trio.CancelScope(shield=True):
             await store.close()
+
+
+def test_momedoctl_shows_the_nodes_and_says_when_there_is_no_cluster() -> None:
+    nodes = [
+        {
+            "node": "chat1",
+            "state": "live",
+            "self": True,
+            "connections": 12,
+            "devices": 10,
+            "heartbeat_age_s": 0.3,
+            "version": "0.1.0",
+            "addresses": ["chat1:7443", "chat2:7443"],
+        },
+        {
+            "node": "chat2",
+            "state": "dead",
+            "self": False,
+            "connections": 0,
+            "devices": 0,
+            "heartbeat_age_s": 31.0,
+            "version": "0.1.0",
+            "addresses": [],
+        },
+    ]
+    lines = ctl._show_cluster_status({"enabled": True, "node": "chat1", "nodes": nodes}, None)
+    assert lines[0].split() == [
+        "NODE",
+        "STATE",
+        "CONNECTIONS",
+        "DEVICES",
+        "HEARTBEAT",
+        "VERSION",
+        "ADDRESSES",
+    ]
+    assert lines[1].split() == [
+        "chat1",
+        "*",
+        "live",
+        "12",
+        "10",
+        "0.3",
+        "s",
+        "ago",
+        "0.1.0",
+        "chat1:7443,",
+        "chat2:7443",
+    ]
+    assert lines[2].split() == ["chat2", "dead", "0", "0", "31.0", "s", "ago", "0.1.0"]
+    assert lines[3] == "1 of 2 nodes live; * = the node that answered"
+    off = ctl._show_cluster_status({"enabled": False, "node": "pi", "nodes": []}, None)
+    assert off == ["Node pi is not part of a cluster ([cluster] enabled = false)."]
+    info = {"name": "x", "node": "chat1", "cluster": nodes, "listeners": []}
+    assert "Node:            chat1" in ctl._show_server_info(info, None)
+    assert not any(
+        line.startswith("Node") for line in ctl._show_server_info({**info, "cluster": None}, None)
+    )
