@@ -426,7 +426,10 @@ def _parser() -> argparse.ArgumentParser:
         "the highest",
     )
     sub.add_parser("whoami", help="this device's user ID, server and identity fingerprint")
-    sub.add_parser("status", help="log in and count waiting messages (without taking them)")
+    sub.add_parser(
+        "status",
+        help="log in and count waiting messages (without taking them); shows the server addresses",
+    )
     p = sub.add_parser(
         "quiet", help="your own quiet hours: they can only add quiet time to the operator's"
     )
@@ -458,7 +461,11 @@ def _parser() -> argparse.ArgumentParser:
         "--wait", type=float, default=0.0, help="keep listening this many seconds after catch-up"
     )
     p.add_argument("--save-dir", type=Path, metavar="DIR", help="save received attachments here")
-    p = sub.add_parser("listen", help="print messages as they arrive until interrupted")
+    p = sub.add_parser(
+        "listen",
+        help="print messages as they arrive until interrupted (reconnects, to any of the "
+        "server's addresses, when the connection breaks)",
+    )
     p.add_argument("--save-dir", type=Path, metavar="DIR", help="save received attachments here")
     p = sub.add_parser("group", help="create a group or channel, add or remove members")
     gsub = p.add_subparsers(dest="group_cmd", required=True)

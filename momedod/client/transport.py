@@ -144,8 +144,14 @@ class Credentials:
     path: Path | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        addresses = tuple((str(h), int(p)) for h, p in self.addresses) or ((self.host, self.port),)
-        pins = tuple(self.fingerprints) or (self.fingerprint,)
+        addresses = tuple((str(h), int(p)) for h, p in self.addresses)
+        pins = tuple(self.fingerprints)
+        # One address or pin (an older profile, or ``replace(creds, port=...)``): host/port
+        # and fingerprint are it. Several: they must be the first.
+        if len(addresses) <= 1:
+            addresses = ((self.host, self.port),)
+        if len(pins) <= 1:
+            pins = (self.fingerprint,)
         if addresses[0] != (self.host, self.port) or pins[0] != self.fingerprint:
             raise ValueError("the first address and pin must be host:port and fingerprint")
         try:
