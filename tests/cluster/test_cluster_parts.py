@@ -96,7 +96,7 @@ async def start_node(nursery: trio.Nursery, store: PostgresStore, name: str) -> 
         return presence.disconnect_device(addr, code, "kicked")
 
     cluster = Cluster(
-        ClusterConfig(True, name, 0.1, 0.5),
+        ClusterConfig(True, name, 0.1, 2.0),
         store,
         presence,
         push=lambda addr, urgent: pushed.append((addr, urgent)),
