@@ -23,7 +23,9 @@ The store's rows stay the truth; what travels between nodes are *hints*.
   re-read their mailbox from their cursor. If the LISTEN connection drops, the node
   reconnects with back-off and then pokes every local session (a catch-up from the mailbox
   seqs) and disconnects local sessions of users or devices disabled, deleted or revoked
-  meanwhile (kick hints may have been missed).
+  meanwhile (kick hints may have been missed). The same catch-up follows a heartbeat that
+  could not be written for longer than ``lease_timeout`` (the others took this node for dead
+  and sent it no hints). Hints that cannot be sent are tried again on a new connection.
 - **Admin actions.** Disconnecting a user or a device (disable, delete, revoke) is sent as a
   hint too; every node disconnects its sessions of that user or device on receipt.
 - **One session per device.** A device that logs in on one node replaces its older session
@@ -385,6 +387,7 @@ class Cluster:
 
     async def _heartbeat_loop(self) -> None:
         beats = 0
+        last_beat = trio.current_time()
         while True:
             connections, addresses = self._describe()
             devices = len(self.presence)
@@ -395,6 +398,14 @@ class Cluster:
                 )
                 for state in ("live", "dead", "stopped"):
                     CLUSTER_NODES.labels(state).set(sum(n.state == state for n in self.nodes))
+                if trio.current_time() - last_beat > self.config.lease_timeout:
+                    # The others took this node for dead meanwhile: they sent no hints for
+                    # its sessions (and may have dropped its leases). Catch up.
+                    log.warning("cluster.heartbeat_restored", node=self.node)
+                    self._resync = True
+                    self._lease_wanted.set()
+                    self.presence.poke()
+                last_beat = trio.current_time()
             except psycopg.Error as e:
                 HEARTBEAT_FAILURES.inc()
                 log.warning("cluster.heartbeat_failed", error=_first_line(e))
@@ -521,10 +532,13 @@ class Cluster:
             try:
                 leased = await self._hints.run(self._send_hints, pending, kicks)
             except psycopg.Error as e:
-                log.warning("cluster.hint_failed", error=_first_line(e), kicks=len(kicks))
-                # Wake-ups fall back to push (the device may be connected elsewhere; a
-                # superfluous push wakes it for nothing); kicks are sent again.
-                self._push_all(pending, ())
+                log.warning(
+                    "cluster.hint_failed", error=_first_line(e), wake=len(pending), kicks=len(kicks)
+                )
+                # Tried again (the connection is opened anew): a push instead could leave a
+                # session on another node unwoken.
+                for addr, urgent in pending.items():
+                    self._pending[addr] = self._pending.get(addr, False) or urgent
                 self._kicks = kicks + self._kicks
                 await trio.sleep(delay)
                 delay = min(delay * 2, HINT_RETRY[1])

@@ -312,3 +312,30 @@ def test_momedoctl_shows_the_nodes_and_says_when_there_is_no_cluster() -> None:
     assert not any(
         line.startswith("Node") for line in ctl._show_server_info({**info, "cluster": None}, None)
     )
+
+
+async def test_a_hint_whose_connection_died_is_sent_again_not_pushed(
+    tmp_path: Path, pg_server: PgServer, nursery: trio.Nursery
+) -> None:
+    dsn = pg_server.new_dsn()
+    store = PostgresStore(tmp_path, dsn, pool_size=2)
+    await store.open()
+    try:
+        x = await start_node(nursery, store, "x")
+        y = await start_node(nursery, store, "y")
+        on_y = FakeSession(("USER00000001", 1))
+        y.presence.register(on_y)
+        await eventually(lambda: on_y.pokes == 1)
+        x.cluster.offline(on_y.addr, False)  # opens x's hint connection
+        await eventually(lambda: on_y.pokes == 2)
+        hints = x.cluster._hints._conn
+        assert hints is not None
+        with psycopg.connect(dsn, autocommit=True) as conn:  # as in a database failover
+            conn.execute("SELECT pg_terminate_backend(%s)", (hints.info.backend_pid,))
+        x.cluster.offline(on_y.addr, False)
+        await eventually(lambda: on_y.pokes == 3)
+        assert x.pushed == []  # the device is connected to y: woken there, never pushed
+        nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await store.close()
