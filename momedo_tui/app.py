@@ -125,6 +125,12 @@ def server_lines(info: dict[str, Any]) -> list[tuple[str, str]]:
         if listener.get("fingerprint") not in (None, fingerprint):
             value += "  (other certificate)"
         lines.append(("Listeners" if i == 0 else "", value))
+    for i, node in enumerate(info.get("cluster") or []):  # [cluster]: every node
+        value = (
+            f"{node['node']}{' (this)' if node.get('self') else ''}  {node['state']}  "
+            f"{node['connections']} connections, heartbeat {node['heartbeat_age_s']} s ago"
+        )
+        lines.append(("Nodes" if i == 0 else "", value))
     return lines
 
 

@@ -145,6 +145,16 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """``[cluster]``: several momedod nodes over one PostgreSQL database (docs/OPERATIONS.md)."""
+
+    enabled: bool = False
+    node_name: str | None = None  # None: the machine's host name
+    heartbeat_interval: float = 1.0  # seconds between heartbeats of this node
+    lease_timeout: float = 5.0  # a node whose heartbeat is older than this counts as dead
+
+
+@dataclass(frozen=True)
 class PolicyConfig:
     """``[policy]``: what users may do on their own."""
 
@@ -204,6 +214,7 @@ class Config:
     admin: AdminConfig = AdminConfig()
     log: LogConfig = LogConfig()
     storage: StorageConfig = StorageConfig()
+    cluster: ClusterConfig = ClusterConfig()
     metrics: MetricsConfig = MetricsConfig()
     policy: PolicyConfig = PolicyConfig()
     attachments: AttachmentsConfig = AttachmentsConfig()
@@ -630,6 +641,43 @@ _STORAGE_KEYS = (
     ),
 )
 
+
+def _node_name(value: Any, base: Path) -> str:
+    expected = "a node name: 1 to 63 letters, digits, '.', '_' or '-'"
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,63}", value):
+        raise _Invalid(expected)
+    return value
+
+
+_CLUSTER_KEYS = (
+    _Key(
+        "enabled",
+        _boolean,
+        "Run as one node of several over the same PostgreSQL database (needs\n"
+        '[storage] engine = "postgres"; docs/OPERATIONS.md): nodes record which devices\n'
+        "are connected to them, wake each other for new messages and apply admin actions\n"
+        "on every node.",
+    ),
+    _Key(
+        "node_name",
+        _node_name,
+        "Name of this node, unique in the cluster (shown by momedoctl cluster status and\n"
+        "in the metrics). Default: the machine's host name.",
+        example='"chat1"',
+    ),
+    _Key(
+        "heartbeat_interval",
+        _seconds,
+        "Seconds between this node's heartbeats (and refreshes of the node list).",
+    ),
+    _Key(
+        "lease_timeout",
+        _seconds,
+        "A node whose last heartbeat is older than this many seconds counts as dead: its\n"
+        "connected devices no longer count (at least twice heartbeat_interval).",
+    ),
+)
+
 _ABUSE_KEYS = (
     _Key(
         "auth_failures",
@@ -826,6 +874,7 @@ _SECTIONS: dict[str, tuple[str, type, tuple[_Key, ...], str, bool]] = {
     "admin": ("admin", AdminConfig, _ADMIN_KEYS, "", False),
     "log": ("log", LogConfig, _LOG_KEYS, "", False),
     "storage": ("storage", StorageConfig, _STORAGE_KEYS, "", False),
+    "cluster": ("cluster", ClusterConfig, _CLUSTER_KEYS, "", False),
     "metrics": ("metrics", MetricsConfig, _METRICS_KEYS, "", False),
     "policy": ("policy", PolicyConfig, _POLICY_KEYS, "", False),
     "attachments": ("attachments", AttachmentsConfig, _ATTACHMENTS_KEYS, "", False),
@@ -894,6 +943,7 @@ def _parse(data: dict[str, Any], where: str, base: Path) -> tuple[Config, bool]:
     _check_listeners(config.listeners, where)
     _check_limits(config.limits, where)
     _check_storage(config.storage, where)
+    _check_cluster(config, where)
     _check_quiet_hours(config.quiet_hours, where)
     admin = data.get("admin", {})
     return config, "socket" in admin
@@ -908,6 +958,20 @@ def _check_storage(storage: StorageConfig, where: str) -> None:
     if storage.engine == "sqlite" and storage.dsn is not None:
         raise ConfigError(
             f'{where}: storage.dsn: only used with engine = "postgres" (engine is "sqlite")'
+        )
+
+
+def _check_cluster(config: Config, where: str) -> None:
+    cluster = config.cluster
+    if cluster.enabled and config.storage.engine != "postgres":
+        raise ConfigError(
+            f"{where}: cluster.enabled: several nodes share one PostgreSQL database; set"
+            f' [storage] engine = "postgres" and dsn (engine is "{config.storage.engine}")'
+        )
+    if cluster.lease_timeout < 2 * cluster.heartbeat_interval:
+        raise ConfigError(
+            f"{where}: cluster.lease_timeout: must be at least twice heartbeat_interval"
+            f" ({cluster.lease_timeout:g} s < 2 x {cluster.heartbeat_interval:g} s)"
         )
 
 

@@ -296,6 +296,7 @@ def _show_server_info(result: dict[str, Any], args: argparse.Namespace) -> list[
     other_pins = [p for p in result.get("certificate_pins") or [] if p != fingerprint]
     pairs = [
         ("Name", result.get("name")),
+        ("Node", result.get("node") if result.get("cluster") is not None else None),
         ("Version", result.get("version")),
         ("Uptime", _uptime(result["uptime_s"]) if "uptime_s" in result else None),
         ("Public address", result.get("public_address") if len(addresses) < 2 else None),
@@ -319,6 +320,29 @@ def _show_server_info(result: dict[str, Any], args: argparse.Namespace) -> list[
         if ls.get("fingerprint") not in (None, fingerprint):
             line += f"  (certificate {ls['fingerprint']})"
         lines.append(line)
+    return lines
+
+
+def _show_cluster_status(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    if not result.get("enabled"):
+        return [f"Node {result.get('node')} is not part of a cluster ([cluster] enabled = false)."]
+    rows = [("NODE", "STATE", "CONNECTIONS", "DEVICES", "HEARTBEAT", "VERSION", "ADDRESSES")]
+    for n in result.get("nodes", []):
+        rows.append(
+            (
+                n["node"] + (" *" if n.get("self") else ""),
+                n["state"],
+                str(n["connections"]),
+                str(n["devices"]),
+                f"{float(n['heartbeat_age_s']):.1f} s ago",
+                n.get("version", ""),
+                ", ".join(n.get("addresses", [])),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    live = sum(1 for n in result.get("nodes", []) if n["state"] == "live")
+    lines.append(f"{live} of {len(rows) - 1} nodes live; * = the node that answered")
     return lines
 
 
@@ -1173,6 +1197,18 @@ def _build_parser() -> argparse.ArgumentParser:
         "server.stats",
         _show_server_stats,
         "show connections, messages per second, mailbox backlog and store size",
+    )
+
+    cluster = groups.add_parser(
+        "cluster", help="the nodes of a cluster ([cluster] in momedod.toml)"
+    )
+    clusters = cluster.add_subparsers(dest="action", required=True, metavar="ACTION")
+    command(
+        clusters,
+        "status",
+        "cluster.status",
+        _show_cluster_status,
+        "list every node with its state (live, dead, stopped), connections and heartbeat",
     )
 
     audit = command(

@@ -106,6 +106,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "server.info": (),
     "server.stats": (),
     "server.backup": ("dir",),
+    "cluster.status": (),
     "user.add": ("name",),
     "user.list": (),
     "user.show": ("user_id",),

@@ -143,6 +143,8 @@ class ServerControl(Protocol):
 
     def now_ms(self) -> int: ...
 
+    async def cluster_status(self) -> dict[str, Any]: ...  # every node of the cluster
+
 
 _Command = Callable[[dict[str, Any], "int | None"], Awaitable[dict[str, Any]]]
 
@@ -229,6 +231,7 @@ class AdminHandler:
             "server.info": self._server_info,
             "server.stats": self._server_stats,
             "server.backup": self._server_backup,
+            "cluster.status": self._cluster_status,
             "user.add": self._user_add,
             "user.list": self._user_list,
             "user.show": self._user_show,
@@ -356,6 +359,9 @@ class AdminHandler:
 
     async def _server_stats(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
         return await self.stats()
+
+    async def _cluster_status(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
+        return await self.control.cluster_status()
 
     async def _server_backup(self, args: dict[str, Any], peer: int | None) -> dict[str, Any]:
         dest = _backup_dir_arg(args)

@@ -9,10 +9,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
+from prometheus_client import Gauge
 
 import momedod
 from momedod.admin.events import RateSampler, counter_total, install_log_hook
@@ -42,6 +43,9 @@ from momedod.server.session import Session, SessionContext
 from momedod.server.tls import TLSConfigError, TLSMaterial, ensure_self_signed, load_material
 from momedod.store import FanOut, Store, StoreError, open_store
 
+if TYPE_CHECKING:
+    from momedod.server.cluster import Cluster
+
 log = structlog.get_logger("momedod")
 
 EXPIRE_INTERVAL = 3600.0
@@ -51,6 +55,13 @@ GAUGE_INTERVAL = 15.0
 RATE_SAMPLE_INTERVAL = 0.5  # seconds between samples of the message counters
 RATE_WINDOW = 5.0  # server.stats rates are averages over this many seconds
 DRAIN_GRACE = 10.0  # seconds sessions get to finish their requests on SIGTERM
+
+NODE_INFO = Gauge(
+    "momedod_node_info",
+    "Always 1; the labels name this node ([cluster] node_name, else the host name).",
+    ["node", "version"],
+    registry=metrics.REGISTRY,
+)
 
 
 class StartupError(Exception):
@@ -71,7 +82,12 @@ class Daemon:
         self.store = store
         self.listeners = listeners
         self.clock = clock  # wall clock of quiet hours (tests stand it at 19:00)
-        self.presence = Presence()
+        if config.cluster.enabled:  # psycopg is imported only for a cluster
+            from momedod.server.cluster import ClusterPresence
+
+            self.presence: Presence = ClusterPresence()
+        else:
+            self.presence = Presence()
         self.quiet = QuietHours(store, config.quiet_hours, clock)
         self.pusher = Pusher(store, config.push, quiet=self.quiet, wall_clock=clock)
         self.presence.on_offline = self.pusher.notify
@@ -94,6 +110,7 @@ class Daemon:
         # Fingerprint of the newest organisation key (its records are in the store; the
         # private key stays with momedoctl); put into invite links once there is one.
         self.org_fp: bytes | None = None
+        self.cluster: Cluster | None = None  # [cluster] enabled: this node's part of it
 
     def now_ms(self) -> int:
         return now_ms()
@@ -157,6 +174,8 @@ class Daemon:
             "org_fingerprint": None if self.org_fp is None else fingerprint_text(self.org_fp),
             "state_dir": str(self.config.server.state_dir),
             "online_devices": len(self.presence),
+            "node": self.node_name,
+            "cluster": None if self.cluster is None else self.cluster.nodes_json(),
             "listeners": [
                 {
                     "address": ls.bound[0][0] if ls.bound else ls.config.address,
@@ -194,13 +213,66 @@ class Daemon:
             "messages_delivered_total": int(delivered_total),
         }
 
+    @property
+    def node_name(self) -> str:
+        """This node's name in the cluster (the host name without [cluster])."""
+        return self.config.cluster.node_name or os.uname().nodename
+
     def disconnect_user(self, user_id: str, code: ErrorCode) -> int:
-        return self.presence.disconnect_user(user_id, code, _KICK_TEXT.get(code, code.name))
+        """Close the user's sessions here and, in a cluster, on every other node."""
+        if self.cluster is not None:
+            self.cluster.kick_user(user_id, code)
+        return self._disconnect_user_here(user_id, code)
 
     def disconnect_device(self, user_id: str, device_id: int, code: ErrorCode) -> int:
-        return self.presence.disconnect_device(
-            (user_id, device_id), code, _KICK_TEXT.get(code, code.name)
+        if self.cluster is not None:
+            self.cluster.kick_device((user_id, device_id), code)
+        return self._disconnect_device_here((user_id, device_id), code)
+
+    def _disconnect_user_here(self, user_id: str, code: ErrorCode) -> int:
+        return self.presence.disconnect_user(user_id, code, _KICK_TEXT.get(code, code.name))
+
+    def _disconnect_device_here(self, addr: tuple[str, int], code: ErrorCode) -> int:
+        return self.presence.disconnect_device(addr, code, _KICK_TEXT.get(code, code.name))
+
+    async def cluster_status(self) -> dict[str, Any]:
+        """The admin ``cluster.status`` result: every node, read from the database now."""
+        if self.cluster is None:
+            return {"enabled": False, "node": self.node_name, "nodes": []}
+        return {"enabled": True, "node": self.node_name, "nodes": await self.cluster.status()}
+
+    def _describe_node(self) -> tuple[int, list[str]]:
+        connections = sum(ls.connections for ls in self.listeners)
+        if not self.listeners and not server_addresses(self.config.server):
+            return connections, []  # not listening yet
+        return connections, [format_address(h, p) for h, p in self.public_addresses()]
+
+    async def start_cluster(self) -> None:
+        """Join the cluster ([cluster] enabled) before the listeners accept anyone."""
+        NODE_INFO.labels(self.node_name, momedod.__version__).set(1)
+        if not self.config.cluster.enabled:
+            return
+        import psycopg
+
+        from momedod.server.cluster import Cluster, ClusterError, ClusterPresence
+        from momedod.store.postgres import PostgresStore
+
+        assert self.nursery is not None and isinstance(self.presence, ClusterPresence)
+        if not isinstance(self.store, PostgresStore):
+            raise StartupError('[cluster] needs [storage] engine = "postgres"')
+        self.cluster = Cluster(
+            self.config.cluster,
+            self.store,
+            self.presence,
+            push=self.pusher.notify,
+            kick_user=self._disconnect_user_here,
+            kick_device=self._disconnect_device_here,
+            describe=self._describe_node,
         )
+        try:
+            await self.nursery.start(self.cluster.run)
+        except (ClusterError, psycopg.Error) as e:
+            raise StartupError(f"cannot join the cluster: {e}") from e
 
     # --- listeners ------------------------------------------------------------------------
 
@@ -246,6 +318,8 @@ class Daemon:
                 log.warning("reload.needs_restart", setting=f"server.{what}")
         if new.admin != old.admin or new.storage != old.storage or new.metrics != old.metrics:
             log.warning("reload.needs_restart", setting="admin/storage/metrics")
+        if new.cluster != old.cluster:
+            log.warning("reload.needs_restart", setting="cluster")
         state_dir = old.server.state_dir
         wanted = {(lc.address, lc.port): lc for lc in new.listeners}
         ok = True
@@ -297,6 +371,7 @@ class Daemon:
             server=replace(new.server, state_dir=old.server.state_dir),
             admin=old.admin,
             storage=old.storage,
+            cluster=old.cluster,
             metrics=old.metrics,
         )
         mlog.configure(new.log.level, new.log.format)
@@ -341,6 +416,7 @@ _KICK_TEXT = {
     ErrorCode.USER_DISABLED: "this account was disabled by an operator",
     ErrorCode.DEVICE_REVOKED: "this device was revoked by an operator",
     ErrorCode.SHUTTING_DOWN: "server is shutting down",
+    ErrorCode.SESSION_REPLACED: "this device logged in on a newer connection (another node)",
 }
 
 
@@ -550,6 +626,7 @@ async def serve(
             await daemon.quiet.refresh()
             nursery.start_soon(daemon.quiet.run)
             await nursery.start(daemon.pusher.run)
+            await daemon.start_cluster()
             for ls in listeners:
                 await daemon.start_listener(ls)
             try:

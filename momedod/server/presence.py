@@ -9,7 +9,7 @@ push wake-up queue, if any) is told about that device instead.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from momedod.observability import metrics
@@ -27,6 +27,8 @@ class Online(Protocol):
     def offer(self, entry: MailboxEntry) -> None: ...
 
     def kick(self, code: ErrorCode, message: str) -> None: ...
+
+    def poke(self) -> None: ...
 
 
 class Presence:
@@ -67,6 +69,17 @@ class Presence:
                 session.offer(MailboxEntry(seq, message_id, ts, payload, part, urgent))
             elif self.on_offline is not None:
                 self.on_offline((uid, did), urgent)
+
+    def poke(self, addrs: Iterable[Addr] | None = None) -> int:
+        """Make the sessions of ``addrs`` (None: every session) re-read their mailbox from the
+        store: another node committed messages for them (momedod.server.cluster)."""
+        if addrs is None:
+            sessions = list(self._by_addr.values())
+        else:
+            sessions = [s for s in map(self._by_addr.get, addrs) if s is not None]
+        for s in sessions:
+            s.poke()
+        return len(sessions)
 
     def disconnect_user(self, user_id: str, code: ErrorCode, message: str) -> int:
         victims = [s for (uid, _), s in self._by_addr.items() if uid == user_id]

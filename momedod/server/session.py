@@ -204,6 +204,11 @@ class Session:
     def kick(self, code: ErrorCode, message: str) -> None:
         self._fatal(code, message)
 
+    def poke(self) -> None:
+        """Another node committed messages for this device: read the mailbox from the cursor."""
+        self._live_overflow = True
+        self._wake_event.set()
+
     def drain(self) -> None:
         """Shutdown: close after the request being handled (if any) has been answered."""
         self._draining = True

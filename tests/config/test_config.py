@@ -297,7 +297,7 @@ def test_unknown_keys_list_the_known_ones(tmp_path):
     )
     assert error_of(tmp_path, "[[listeners]]\nport = 1\n") == (
         "listeners: unknown key (known: server, listener, limits, abuse, admin, log, storage, "
-        "metrics, policy, attachments, push, quiet_hours)"
+        "cluster, metrics, policy, attachments, push, quiet_hours)"
     )
     assert error_of(tmp_path, "[[listener]]\n[[listener]]\nhost = 'x'\n").startswith(
         "listener[1].host: unknown key (known: address, port, cert, key,"

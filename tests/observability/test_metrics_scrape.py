@@ -26,6 +26,7 @@ from momedod.protocol.userid import display
 # Every label name the daemon may use: bounded sets, never a user, device or group.
 ALLOWED_LABELS = {
     "listener", "reason", "kind", "error", "operation", "result", "command", "version",
+    "node", "state",  # momedod_node_info, momedod_cluster_nodes: one value per node / state
     "le",  # histogram buckets
     "generation", "implementation", "major", "minor", "patchlevel",  # python_* collectors
 }  # fmt: skip
