@@ -150,9 +150,9 @@ class PostgresTx:
 class PostgresStore(TxStore):
     """The PostgreSQL engine; see the module docstring.
 
-    ``path`` is the state directory (blobs, TLS material stay there); the data lives in the
-    database ``dsn`` (a libpq connection string or URI). Create it, then ``await
-    store.open()`` inside trio (``open_store`` does both).
+    ``path`` is the state directory (TLS material stays there); the data, attachments
+    included (``blob_chunks``), lives in the database ``dsn`` (a libpq connection string or
+    URI). Create it, then ``await store.open()`` inside trio (``open_store`` does both).
     """
 
     def __init__(
