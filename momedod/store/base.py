@@ -718,7 +718,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def disk_usage(self) -> int:
-        """Bytes the store's files take on disk (for SQLite: the database, WAL and SHM)."""
+        """Bytes the store takes on disk (SQLite: the database, WAL and SHM files;
+        PostgreSQL: ``pg_database_size`` of its database)."""
 
     # -- conversations -------------------------------------------------------------------
 

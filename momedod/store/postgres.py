@@ -347,10 +347,14 @@ class PostgresStore(TxStore):
         except psycopg.errors.DiskFull as exc:
             raise StorageFull(f"storage full: {_first_line(exc)} ({self.where})") from exc
         except psycopg.OperationalError as exc:
-            raise StoreError(
-                f"lost the connection to {self.where}: {_first_line(exc)}"
-                " (a write in progress may or may not have committed)"
-            ) from exc
+            # No SQLSTATE: libpq lost the socket; 08xxx connection exceptions; 57P0x the
+            # server shut down or terminated the session.
+            if exc.sqlstate is None or exc.sqlstate.startswith(("08", "57P")):
+                raise StoreError(
+                    f"lost the connection to {self.where}: {_first_line(exc)}"
+                    " (a write in progress may or may not have committed)"
+                ) from exc
+            raise StoreError(f"database error: {_first_line(exc)} ({self.where})") from exc
         except psycopg.Error as exc:
             raise StoreError(f"database error: {_first_line(exc)} ({self.where})") from exc
 

@@ -187,3 +187,18 @@ async def test_concurrent_sends_to_one_mailbox_stay_gap_free_across_two_nodes(
         assert [e.seq for e in entries] == list(range(1, 101))
         device = await a.get_device(ben.user_id, 1)
         assert device is not None and device.mailbox_count == 100
+
+
+async def test_connection_lost_during_a_call_is_a_clear_error_and_the_store_goes_on(
+    tmp_path: Path, pg_server: PgServer
+) -> None:
+    async with opened_pg(tmp_path, pg_server.new_dsn()) as store:
+        user, _ = await store.create_user("Anna", T0, DAY)
+
+        def dies(tx):  # type: ignore[no-untyped-def]
+            tx.execute("UPDATE users SET name = 'changed'")
+            tx.one("SELECT pg_terminate_backend(pg_backend_pid())")
+
+        with pytest.raises(StoreError, match=r"lost the connection to postgres .*dbname="):
+            await store._write(dies)
+        assert await store.get_user(user.user_id) == user  # not committed; the store works
