@@ -1415,8 +1415,9 @@ def _migrate_store(ns: argparse.Namespace) -> int:
         return 1
     if config.storage.engine != "sqlite":
         print(
-            f"momedoctl: this installation already runs on {config.storage.engine}; "
-            "migrate-store copies an SQLite installation",
+            f"momedoctl: the config file says engine = {json.dumps(config.storage.engine)}; "
+            "migrate-store copies an SQLite installation: run it with the config that still "
+            'says engine = "sqlite" (or none), then change it as printed',
             file=sys.stderr,
         )
         return 1

@@ -6,6 +6,7 @@ tests/integration/test_migrate_store.py; here the store-level refusals and edge 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sqlite3
@@ -15,6 +16,7 @@ import psycopg
 import pytest
 from pg import PgServer
 
+from momedod.admin import ctl
 from momedod.store import migrate as mig
 from momedod.store.migrations import SQLITE_MIGRATIONS, migrate
 from momedod.store.postgres import BLOB_CHUNK_BYTES
@@ -159,3 +161,23 @@ def test_config_snippet_masks_a_password() -> None:
     shown = mig.config_snippet("postgresql://momedo:geheim@db.example.org/momedo")
     assert "geheim" not in shown and "password=********" in shown
     assert "host=db.example.org" in shown and "dbname=momedo" in shown
+
+
+def test_momedoctl_migrate_store_json_and_a_config_already_on_postgres(
+    tmp_path: Path, pg_server: PgServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = make_state(tmp_path, blob=b"z" * 10)
+    dsn = pg_server.new_dsn()
+    cfg = tmp_path / "momedod.toml"
+    cfg.write_text(f'[server]\nstate_dir = "{state}"\n[admin]\nsocket = "{state}/admin.sock"\n')
+    # -c and --json after the command work too.
+    assert (
+        ctl.main(["migrate-store", "--to", "postgres", "--dsn", dsn, "-c", str(cfg), "--json"]) == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert out["tables"]["users"] == 2 and out["blob_files"] == 1 and out["blob_bytes"] == 10
+    assert out["config"] == f'[storage]\nengine = "postgres"\ndsn = {json.dumps(dsn)}'
+    cfg.write_text(cfg.read_text() + out["config"] + "\n")
+    assert ctl.main(["-c", str(cfg), "migrate-store", "--to", "postgres", "--dsn", dsn]) == 1
+    err = capsys.readouterr().err
+    assert 'the config file says engine = "postgres"' in err
