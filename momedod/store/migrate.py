@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import psycopg.errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from momedod.store.backup import RestoreRefused, daemon_running
@@ -81,6 +82,8 @@ IDENTITIES: tuple[tuple[str, str], ...] = (
 """Identity columns whose sequences must continue after the copied maximum."""
 
 BLOB_TABLE = "blob_chunks"
+LOCK_TIMEOUT_S = 10.0
+"""How long to wait for the tables while somebody else uses them before refusing."""
 _SQLITE_OWN = {"schema_version"}
 
 
@@ -139,10 +142,19 @@ def migrate_to_postgres(
             try:
                 migrate_pg(dst, where)
                 result = _copy(src, dst, state_dir, say)
+            except psycopg.errors.LockNotAvailable as exc:
+                raise MigrateError(
+                    f"{where} is in use (a momedod node connected to it?): stop every node "
+                    "using this database, then migrate; nothing was committed"
+                ) from exc
             except psycopg.Error as exc:
                 raise MigrateError(
                     f"copying into {where} failed, nothing was committed: {_first_line(exc)}"
                 ) from exc
+            except MigrateError:
+                raise
+            except StoreError as exc:  # e.g. a schema from a newer momedod
+                raise MigrateError(str(exc)) from exc
     except sqlite3.Error as exc:
         raise MigrateError(f"cannot read {db_path}: {exc}") from exc
     finally:
@@ -207,6 +219,7 @@ def _copy(
     with dst.transaction(), dst.cursor() as cur:
         every = (*TABLES, BLOB_TABLE)
         # Nobody else may write while we copy (e.g. a node started too early).
+        cur.execute(f"SET LOCAL lock_timeout = {int(LOCK_TIMEOUT_S * 1000)}")
         cur.execute(f"LOCK TABLE {', '.join(every)} IN EXCLUSIVE MODE")
         occupied = [t for t in every if _scalar(cur, f"SELECT EXISTS (SELECT 1 FROM {t})")]
         if occupied:

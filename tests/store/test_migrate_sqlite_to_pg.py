@@ -145,6 +145,26 @@ def test_refuses_an_old_sqlite_schema_a_missing_database_and_a_running_daemon(
     ) == [(0,)]
 
 
+def test_refuses_a_database_of_a_newer_momedod_or_one_in_use(
+    tmp_path: Path, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mig, "LOCK_TIMEOUT_S", 0.5)
+    state = make_state(tmp_path)
+    dsn = pg_server.new_dsn()
+    run(state, dsn)
+    with psycopg.connect(dsn) as conn:  # emptied again, but held by a writer
+        for table in reversed(mig.TABLES):
+            conn.execute(f"DELETE FROM {table}")  # type: ignore[arg-type]
+        conn.commit()
+        conn.execute("INSERT INTO dedup VALUES ('\\x00', 1)")  # an open write transaction
+        with pytest.raises(mig.MigrateError, match="is in use"):
+            run(state, dsn)
+        conn.rollback()
+        conn.execute("UPDATE schema_version SET version = 99")
+    with pytest.raises(mig.MigrateError, match="schema version 99 is newer"):
+        run(state, dsn)
+
+
 def test_a_missing_blob_file_is_a_warning(tmp_path: Path, pg_server: PgServer) -> None:
     state = make_state(tmp_path, blob=b"y" * 10)
     name = (b"\x01" * 16).hex()
