@@ -4,7 +4,8 @@ collector that removes expired blobs and abandoned uploads.
 An upload: BLOB_START checks size and quota before any data flows and answers how much the
 server already holds (resume); BLOB_CHUNKs append strictly at that offset; BLOB_FINISH checks
 the SHA-256 and makes the blob durable. Progress is recorded in the store *before* the chunk
-is written to the file, and a BLOB_START trusts the smaller of the two (cutting the file or
+is written to the file (with the postgres engine: the ``blob_chunks`` rows, see
+:func:`backend`), and a BLOB_START trusts the smaller of the two (cutting the bytes or
 lowering the record), so a crash or a failed write anywhere in between costs a re-sent chunk,
 never a corrupt blob; the final hash check catches anything else. Blob IDs are logged only at
 debug level, and never the bytes.
