@@ -14,9 +14,11 @@ group commit). SERIALIZABLE makes the transaction functions behave as they do on
 single writer: e.g. two concurrent enqueues to one mailbox both take the device row's
 ``next_seq`` with ``UPDATE ... RETURNING``; the second waits for the first, then fails with a
 serialization failure and is run again from the start, so seqs stay gap-free and in commit
-order. Serialization failures and deadlocks are retried up to ``WRITE_ATTEMPTS`` times with a
-short random back-off; nothing else is retried (a lost connection during COMMIT leaves it
-unknown whether the write committed, so it becomes a StoreError).
+order. Serialization failures and deadlocks are retried up to ``WRITE_ATTEMPTS`` times; after
+``SHARED_ATTEMPTS`` a write runs alone on this node (:class:`_WriteGate`), so a hot row cannot
+starve it, and backs off briefly if it still conflicts (with another node). Nothing else is
+retried: a connection lost during COMMIT leaves it unknown whether the write committed, so
+it becomes a StoreError (pooled connections found dead at BEGIN are simply replaced).
 
 Reads run in a ``REPEATABLE READ, READ ONLY`` transaction: one committed snapshot, never a
 serialization failure.
@@ -38,8 +40,9 @@ import contextlib
 import functools
 import hashlib
 import random
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -70,7 +73,8 @@ T = TypeVar("T")
 
 WRITE_ATTEMPTS = 20
 """Runs of a write transaction that keeps failing to serialize before the call fails."""
-IMMEDIATE_RETRIES = 3
+SHARED_ATTEMPTS = 3
+"""Attempts a write makes alongside this node's other writes before it runs alone."""
 BLOB_CHUNK_BYTES = MAX_BLOB_CHUNK
 """Bytes per ``blob_chunks`` row: the upload chunk size, so a chunk is one INSERT."""
 CONNECT_TIMEOUT_S = 10
@@ -115,6 +119,51 @@ def describe_dsn(dsn: str) -> str:
         return "postgres (unparsable dsn)"
     shown = [f"{key}={params[key]}" for key in ("host", "port", "dbname", "user") if key in params]
     return "postgres " + (" ".join(shown) if shown else "(libpq defaults)")
+
+
+class _WriteGate:
+    """Lets this node's write transactions run side by side (shared), or one alone (exclusive).
+
+    A write that keeps losing serialization conflicts (a hot row: many sends to one mailbox)
+    could lose forever to the stream of new ones; its later attempts run exclusively: new
+    writes of this node wait, the running ones finish, then it runs with no competitor on
+    this node, so it succeeds unless another node's write conflicts with it.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting = 0  # exclusive entrants waiting: new shared ones queue behind them
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive or self._waiting:
+                self._cond.wait()
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                if not self._shared:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            while self._exclusive or self._shared:
+                self._cond.wait()
+            self._waiting -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
 
 
 class PostgresTx:
@@ -178,6 +227,7 @@ class PostgresStore(TxStore):
         self._closing = False
         self._inflight = 0
         self._idle: trio.Event | None = None
+        self._gate = _WriteGate()
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -282,8 +332,10 @@ class PostgresStore(TxStore):
         self, pool: ConnectionPool[psycopg.Connection[Any]], call: Callable[[Tx], T]
     ) -> T:
         for attempt in range(1, WRITE_ATTEMPTS + 1):
+            alone = attempt > SHARED_ATTEMPTS
             try:
-                return self._fresh_transaction(pool, _BEGIN_WRITE, call)
+                with self._gate.exclusive() if alone else self._gate.shared():
+                    return self._fresh_transaction(pool, _BEGIN_WRITE, call)
             except _RETRY as exc:
                 if attempt == WRITE_ATTEMPTS:
                     raise StoreError(
@@ -291,8 +343,9 @@ class PostgresStore(TxStore):
                         f" in {self.where}: {_first_line(exc)}"
                     ) from exc
                 # Usually the transaction that won has committed by now (we waited for its
-                # row lock): run again at once. Back off only if it keeps happening.
-                if attempt > IMMEDIATE_RETRIES:
+                # row lock): run again at once. Alone on this node it can only have lost to
+                # another node: back off a little then.
+                if alone:
                     time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
         raise AssertionError("unreachable")
 
