@@ -1300,6 +1300,33 @@ def _build_parser() -> argparse.ArgumentParser:
         sub.add_argument("subject", metavar=metavar)
         sub.add_argument("state", choices=("on", "off"))
 
+    migrate = groups.add_parser(
+        "migrate-store",
+        help="copy a stopped SQLite installation into an empty PostgreSQL database",
+        description="Copy the SQLite store of a STOPPED momedod (users, devices, queued "
+        "messages, keys, groups, audit log, attachments) into an EMPTY PostgreSQL database "
+        "in one transaction, check the row counts and print the [storage] settings to use. "
+        "The SQLite database is only read: switching engine back to sqlite goes back.",
+        parents=[late_json],
+    )
+    migrate.set_defaults(cmd="store.migrate", show=None)
+    migrate.add_argument("--to", required=True, choices=("postgres",), help="target engine")
+    migrate.add_argument(
+        "--dsn",
+        required=True,
+        metavar="DSN",
+        help="the target database, e.g. 'host=db1 dbname=momedo user=momedo' or a "
+        "postgresql:// URI (a password is better kept in ~/.pgpass)",
+    )
+    migrate.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="momedod config file of the installation (as before the command)",
+    )
+
     invites = groups.add_parser("invites", help="invite letters for many users at once")
     invite_actions = invites.add_subparsers(dest="action", required=True, metavar="ACTION")
     export = command(
@@ -1416,9 +1443,81 @@ def _run(ns: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _migrate_store(ns: argparse.Namespace) -> int:
+    """``momedoctl migrate-store --to postgres --dsn DSN``: see momedod.store.migrate."""
+    from momedod.config import find_config_file, load_config
+    from momedod.store.migrate import MigrateError, config_snippet, migrate_to_postgres
+
+    try:
+        config = load_config(ns.config, dev=ns.dev)
+    except ConfigError as e:
+        print(f"momedoctl: {e}", file=sys.stderr)
+        return 1
+    if config.storage.engine != "sqlite":
+        print(
+            f"momedoctl: the config file says engine = {json.dumps(config.storage.engine)}; "
+            "migrate-store copies an SQLite installation: run it with the config that still "
+            'says engine = "sqlite" (or none), then change it as printed',
+            file=sys.stderr,
+        )
+        return 1
+    state_dir = config.server.state_dir
+    quiet = ns.json or not sys.stderr.isatty()
+    try:
+        result = migrate_to_postgres(
+            state_dir,
+            ns.dsn,
+            admin_socket=config.admin.socket,
+            progress=None if quiet else (lambda text: print(f"  {text}", file=sys.stderr)),
+        )
+    except MigrateError as e:
+        print(f"momedoctl: {e}", file=sys.stderr)
+        return 1
+    snippet = config_snippet(ns.dsn)
+    source = find_config_file(ns.config, dev=ns.dev)
+    if ns.json:
+        print(
+            json.dumps(
+                {
+                    "tables": result.counts,
+                    "blob_files": result.blob_files,
+                    "blob_bytes": result.blob_bytes,
+                    "warnings": result.warnings,
+                    "seconds": round(result.seconds, 3),
+                    "target": result.target,
+                    "config": snippet,
+                },
+                indent=2,
+            )
+        )
+        return 0
+    lines = [f"Copied {state_dir} into {result.target} in {result.seconds:.1f} s:"]
+    width = max(len(t) for t in result.counts)
+    lines += [f"  {table:<{width}}  {n:>9} rows" for table, n in result.counts.items()]
+    lines.append(
+        f"  {'attachments':<{width}}  {result.blob_files:>9} files, {result.blob_bytes} bytes"
+    )
+    lines.append("Every table has the same number of rows in both databases.")
+    lines += [f"warning: {w}" for w in result.warnings]
+    lines += [
+        "",
+        f"Next: in {source or 'the momedod config file'} set (replacing any [storage] section)",
+        "",
+        snippet,
+        "",
+        "then start momedod (systemctl start momedod). The SQLite database was not changed:",
+        'to go back, set engine = "sqlite" again and remove dsn (anything received on',
+        "PostgreSQL meanwhile stays there). The blobs directory is no longer used.",
+    ]
+    print("\n".join(lines))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``momedoctl``; returns the exit code (argparse exits 2 on usage errors)."""
     ns = _build_parser().parse_args(argv)
+    if ns.cmd == "store.migrate":
+        return _migrate_store(ns)
     try:
         result = _run(ns)
     except (ConfigError, CtlError, AdminError) as e:

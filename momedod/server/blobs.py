@@ -4,7 +4,8 @@ collector that removes expired blobs and abandoned uploads.
 An upload: BLOB_START checks size and quota before any data flows and answers how much the
 server already holds (resume); BLOB_CHUNKs append strictly at that offset; BLOB_FINISH checks
 the SHA-256 and makes the blob durable. Progress is recorded in the store *before* the chunk
-is written to the file, and a BLOB_START trusts the smaller of the two (cutting the file or
+is written to the file (with the postgres engine: the ``blob_chunks`` rows, see
+:func:`backend`), and a BLOB_START trusts the smaller of the two (cutting the bytes or
 lowering the record), so a crash or a failed write anywhere in between costs a re-sent chunk,
 never a corrupt blob; the final hash check catches anything else. Blob IDs are logged only at
 debug level, and never the bytes.
@@ -20,7 +21,7 @@ import trio
 from momedod.observability import metrics
 from momedod.protocol import frames as f
 from momedod.protocol.errors import ErrorCode
-from momedod.server.blobstore import BlobDiskFull, BlobFiles, BlobMissing
+from momedod.server.blobstore import BlobBackend, BlobDiskFull, BlobMissing, blob_backend
 from momedod.server.clock import now_ms
 from momedod.store import (
     BlobInfo,
@@ -48,6 +49,14 @@ def _mib(n: int) -> str:
     return f"{n / MIB:.1f} MiB"
 
 
+def backend(ctx: SessionContext) -> BlobBackend | None:
+    """Where this daemon's attachment bytes live: rows in PostgreSQL with the postgres engine
+    (any node serves any blob), else the files in ``ctx.blob_files``; None: disabled."""
+    if ctx.blob_files is None:
+        return None
+    return blob_backend(ctx.store, ctx.blob_files)
+
+
 def _status(frame_rid: int, info: BlobInfo, received: int | None = None) -> f.BlobStatus:
     got = info.received if received is None else received
     return f.BlobStatus(frame_rid, info.blob_id, info.size, got, info.complete)
@@ -55,10 +64,10 @@ def _status(frame_rid: int, info: BlobInfo, received: int | None = None) -> f.Bl
 
 async def handle(session: Session, frame: f.Frame) -> None:
     """Answer one blob request of an authenticated session."""
-    files = session.ctx.blob_files
     if isinstance(frame, f.SendBlobs):
         await session._on_send(frame)
         return
+    files = backend(session.ctx)
     if files is None:
         await session._error(frame.request_id, ErrorCode.BAD_REQUEST, "attachments are disabled")
         return
@@ -81,7 +90,7 @@ async def handle(session: Session, frame: f.Frame) -> None:
         )
 
 
-async def _start(session: Session, files: BlobFiles, frame: f.BlobStart) -> None:
+async def _start(session: Session, files: BlobBackend, frame: f.BlobStart) -> None:
     rid, uid = frame.request_id, session.addr[0]
     limits = session.ctx.attachments
     max_bytes = limits.max_file_mib * MIB
@@ -130,7 +139,7 @@ async def _start(session: Session, files: BlobFiles, frame: f.BlobStart) -> None
     await session._send(_status(rid, info, have))
 
 
-async def _chunk(session: Session, files: BlobFiles, frame: f.BlobChunk) -> None:
+async def _chunk(session: Session, files: BlobBackend, frame: f.BlobChunk) -> None:
     rid, uid = frame.request_id, session.addr[0]
     n = len(frame.data)
     try:
@@ -156,7 +165,7 @@ async def _chunk(session: Session, files: BlobFiles, frame: f.BlobChunk) -> None
     await session._send(_status(rid, info))
 
 
-async def _finish(session: Session, files: BlobFiles, frame: f.BlobFinish) -> None:
+async def _finish(session: Session, files: BlobBackend, frame: f.BlobFinish) -> None:
     rid, uid, store = frame.request_id, session.addr[0], session.ctx.store
     info = await store.get_blob(uid, frame.blob_id)
     if info is None or info.owner != uid:
@@ -191,7 +200,7 @@ async def _finish(session: Session, files: BlobFiles, frame: f.BlobFinish) -> No
     await session._send(_status(rid, info))
 
 
-async def _get(session: Session, files: BlobFiles, frame: f.BlobGet) -> None:
+async def _get(session: Session, files: BlobBackend, frame: f.BlobGet) -> None:
     rid = frame.request_id
     info = await session.ctx.store.get_blob(session.addr[0], frame.blob_id)
     if info is None or not info.complete:
@@ -213,7 +222,7 @@ async def _get(session: Session, files: BlobFiles, frame: f.BlobGet) -> None:
 
 
 async def collect(
-    store: Store, files: BlobFiles, now_ms: int, ttl_ms: int, partial_ttl_ms: int
+    store: Store, files: BlobBackend, now_ms: int, ttl_ms: int, partial_ttl_ms: int
 ) -> tuple[int, int]:
     """Remove due blobs (rows first, then files); return (expired, partial) counts."""
     expired = partial = 0
@@ -235,14 +244,15 @@ async def collect(
 async def run_collector(ctx: SessionContext) -> None:
     """Collect every ``[attachments] collect_interval`` seconds (a daemon task; a reload
     changes ``ctx.attachments`` in place)."""
-    if ctx.blob_files is None:
+    files = backend(ctx)
+    if files is None:
         return
     while True:
         limits = ctx.attachments
         try:
             expired, partial = await collect(
                 ctx.store,
-                ctx.blob_files,
+                files,
                 now_ms(),
                 limits.ttl_days * 86_400_000,
                 limits.partial_ttl_hours * 3_600_000,

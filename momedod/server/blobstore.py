@@ -11,6 +11,14 @@ they are only unlinked (which is why a backup may hard-link them).
 
 Every file operation runs in a worker thread: a 25 MiB hash or even a cold ``pread`` must not
 stall the event loop. The bytes are ciphertext the server never looks into.
+
+With ``[storage] engine = "postgres"`` the bytes live in the database instead
+(:class:`PgBlobs`, table ``blob_chunks``: one row per 256 KiB chunk), so every node of a
+cluster serves every attachment. Both implement :class:`BlobBackend`, the five operations
+the session handlers and the collector use; :func:`blob_backend` picks the one for a store.
+Each chunk write is its own committed transaction, so there is no "lost tail" in the file
+sense, but the progress record and the chunk are still two transactions and BLOB_START still
+trusts the smaller of the two.
 """
 
 from __future__ import annotations
@@ -20,15 +28,27 @@ import errno
 import hashlib
 import hmac
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import trio
 
+from momedod.store import StorageFull, Store, StoreError
 from momedod.store.sqlite import fsync_path
 
-__all__ = ["BlobDiskFull", "BlobFiles", "BlobMissing"]
+if TYPE_CHECKING:
+    from momedod.store.postgres import PostgresStore
+
+__all__ = [
+    "BlobBackend",
+    "BlobDiskFull",
+    "BlobFiles",
+    "BlobMissing",
+    "BlobStorageError",
+    "PgBlobs",
+    "blob_backend",
+]
 
 PARTIAL_DIR = "partial"
 _HASH_CHUNK = 1 << 20
@@ -41,6 +61,44 @@ class BlobDiskFull(Exception):
 
 class BlobMissing(Exception):
     """The blob's file is not there (collected meanwhile, or lost)."""
+
+
+class BlobStorageError(OSError):
+    """The database holding the blob rows failed (an OSError: answered like a failed disk)."""
+
+
+class BlobBackend(Protocol):
+    """Where attachment bytes live; the store keeps the metadata (see the module docstring)."""
+
+    async def open_partial(self, blob_id: bytes, received: int) -> int:
+        """Make the upload exist and hold at most ``received`` bytes; return how many."""
+        ...
+
+    async def write(self, blob_id: bytes, offset: int, data: bytes) -> None:
+        """Write one chunk at ``offset`` of an unfinished upload; BlobMissing if gone."""
+        ...
+
+    async def seal(self, blob_id: bytes, size: int, sha256: bytes) -> bool:
+        """True (and durable) if the upload has ``size`` bytes with this SHA-256; else
+        remove it and return False. BlobMissing if there is nothing."""
+        ...
+
+    async def read(self, blob_id: bytes, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes of a complete blob from ``offset``; BlobMissing if gone."""
+        ...
+
+    async def remove(self, blobs: list[tuple[bytes, bool]]) -> int:
+        """Remove the bytes of ``(blob_id, complete)`` pairs; return how many existed."""
+        ...
+
+
+def blob_backend(store: Store, files: BlobFiles) -> BlobBackend:
+    """The backend for ``store``: rows in PostgreSQL for the postgres engine, else ``files``."""
+    from momedod.store.postgres import PostgresStore
+
+    if isinstance(store, PostgresStore):
+        return PgBlobs(store)
+    return files
 
 
 async def _thread(fn: Callable[..., T], *args: object) -> T:
@@ -166,3 +224,52 @@ class BlobFiles:
                     os.unlink(path)
                     removed += 1
         return removed
+
+
+class PgBlobs:
+    """Attachment bytes as ``blob_chunks`` rows of the postgres engine's database.
+
+    Same contract as :class:`BlobFiles`: a database error is a :class:`BlobStorageError` (an
+    OSError), a full database :class:`BlobDiskFull`. The SQL is in
+    :mod:`momedod.store.postgres` (``blob_chunks_*``).
+    """
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+
+    async def open_partial(self, blob_id: bytes, received: int) -> int:
+        return await _db(self.store.blob_chunks_open(blob_id, received))
+
+    async def write(self, blob_id: bytes, offset: int, data: bytes) -> None:
+        await _db(self.store.blob_chunks_write(blob_id, offset, data))
+
+    async def seal(self, blob_id: bytes, size: int, sha256: bytes) -> bool:
+        length, digest = await _db(self.store.blob_chunks_digest(blob_id))
+        if length == size and hmac.compare_digest(digest, sha256):
+            return True  # every chunk was committed (durable) when it was written
+        await _db(self.store.blob_chunks_remove([blob_id]))
+        if length == 0:
+            raise BlobMissing(blob_id.hex())
+        return False
+
+    async def read(self, blob_id: bytes, offset: int, length: int) -> bytes:
+        return await _db(self.store.blob_chunks_read(blob_id, offset, length))
+
+    async def remove(self, blobs: list[tuple[bytes, bool]]) -> int:
+        if not blobs:
+            return 0
+        return await _db(self.store.blob_chunks_remove([blob_id for blob_id, _ in blobs]))
+
+
+async def _db(call: Awaitable[T]) -> T:
+    """Await a store call; map its errors to the blob errors the session handlers know."""
+    from momedod.store.postgres import BlobChunksMissing
+
+    try:
+        return await call
+    except BlobChunksMissing as exc:
+        raise BlobMissing(str(exc)) from None
+    except StorageFull as exc:
+        raise BlobDiskFull(str(exc)) from exc
+    except StoreError as exc:
+        raise BlobStorageError(str(exc)) from exc

@@ -191,7 +191,23 @@ _V1 = (
     )""",
 )
 
-PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+# Version 2: attachment bytes in the database (cluster mode: every node serves every blob;
+# momedod.server.blobstore.PgBlobs). A blob is cut into rows of BLOB_CHUNK_BYTES (the upload
+# chunk size, 256 KiB) numbered from 0; only the last row of a blob may be shorter. No
+# FOREIGN KEY to ``blobs``: as with the files of the SQLite engine, the collector deletes the
+# metadata first and the bytes after. The data is ciphertext and does not compress: EXTERNAL
+# storage keeps TOAST from trying (it still moves the values out of line, in 2 KB pieces).
+_V2 = (
+    """CREATE TABLE blob_chunks (
+        blob_id  BYTEA NOT NULL,
+        idx      BIGINT NOT NULL,
+        data     BYTEA NOT NULL,
+        PRIMARY KEY (blob_id, idx)
+    )""",
+    "ALTER TABLE blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL",
+)
+
+PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
 """Migration scripts, oldest first; each is a tuple of SQL statements."""
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import random
 import threading
 import time
@@ -52,12 +53,20 @@ from psycopg.adapt import Buffer, Dumper, Loader
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from momedod.protocol.frames import MAX_BLOB_CHUNK
 from momedod.store.base import BackupInfo, StorageFull, StoreError, StoreObserver
 from momedod.store.engine import TxStore
 from momedod.store.pg_migrations import migrate_pg
 from momedod.store.txn import Row, Tx
 
-__all__ = ["PostgresStore", "PostgresTx", "describe_dsn", "pg_sql"]
+__all__ = [
+    "BLOB_CHUNK_BYTES",
+    "BlobChunksMissing",
+    "PostgresStore",
+    "PostgresTx",
+    "describe_dsn",
+    "pg_sql",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -66,6 +75,8 @@ WRITE_ATTEMPTS = 20
 """Runs of a write transaction that keeps failing to serialize before the call fails."""
 SHARED_ATTEMPTS = 3
 """Attempts a write makes alongside this node's other writes before it runs alone."""
+BLOB_CHUNK_BYTES = MAX_BLOB_CHUNK
+"""Bytes per ``blob_chunks`` row: the upload chunk size, so a chunk is one INSERT."""
 CONNECT_TIMEOUT_S = 10
 POOL_TIMEOUT_S = 30.0  # waiting for a free connection (only if more callers than threads)
 _BEGIN_WRITE = "BEGIN ISOLATION LEVEL SERIALIZABLE"
@@ -188,9 +199,9 @@ class PostgresTx:
 class PostgresStore(TxStore):
     """The PostgreSQL engine; see the module docstring.
 
-    ``path`` is the state directory (blobs, TLS material stay there); the data lives in the
-    database ``dsn`` (a libpq connection string or URI). Create it, then ``await
-    store.open()`` inside trio (``open_store`` does both).
+    ``path`` is the state directory (TLS material stays there); the data, attachments
+    included (``blob_chunks``), lives in the database ``dsn`` (a libpq connection string or
+    URI). Create it, then ``await store.open()`` inside trio (``open_store`` does both).
     """
 
     def __init__(
@@ -400,6 +411,32 @@ class PostgresStore(TxStore):
         except psycopg.Error as exc:
             raise StoreError(f"database error: {_first_line(exc)} ({self.where})") from exc
 
+    # -- attachment bytes in blob_chunks (cluster mode; momedod.server.blobstore.PgBlobs) ---
+
+    async def blob_chunks_open(self, blob_id: bytes, received: int) -> int:
+        """Cut the unfinished upload's rows to at most ``received`` bytes; return how many
+        bytes they hold (less than ``received`` if a chunk write did not happen)."""
+        return await self._write(_chunks_cut, blob_id, received)
+
+    async def blob_chunks_write(self, blob_id: bytes, offset: int, data: bytes) -> None:
+        """Store ``data`` at ``offset`` of an unfinished upload (dropping anything held from
+        ``offset`` on). Raises BlobChunksMissing if the upload is gone or holds fewer than
+        ``offset`` bytes."""
+        await self._write(_chunks_write, blob_id, offset, data)
+
+    async def blob_chunks_digest(self, blob_id: bytes) -> tuple[int, bytes]:
+        """(length, SHA-256) of the bytes held for the blob, read in one snapshot."""
+        return await self._read(_chunks_digest, blob_id)
+
+    async def blob_chunks_read(self, blob_id: bytes, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes from ``offset`` (empty at the end). Raises
+        BlobChunksMissing if nothing at all is held for the blob."""
+        return await self._read(_chunks_read, blob_id, offset, length)
+
+    async def blob_chunks_remove(self, blob_ids: Sequence[bytes]) -> int:
+        """Delete the rows of these blobs; return how many blobs had any."""
+        return await self._write(_chunks_remove, list(blob_ids))
+
     # -- engine-specific parts of the Store interface ---------------------------------------
 
     async def disk_usage(self) -> int:
@@ -412,6 +449,93 @@ class PostgresStore(TxStore):
             "momedoctl backup copies SQLite stores only; back up the postgres engine's database"
             f" ({self.where}) with pg_dump or your cluster's base backups (docs/ADMIN.md)"
         )
+
+
+class BlobChunksMissing(Exception):
+    """The upload's rows are not (all) there: collected meanwhile, or a chunk write was lost."""
+
+
+def _chunks_held(tx: Tx, blob_id: bytes) -> int:
+    row = tx.one(
+        "SELECT coalesce(sum(octet_length(data)), 0) FROM blob_chunks WHERE blob_id = ?",
+        (blob_id,),
+    )
+    return 0 if row is None else int(row[0])
+
+
+def _chunks_cut(tx: Tx, blob_id: bytes, size: int) -> int:
+    """Drop everything of the blob from byte ``size`` on; return the bytes held after."""
+    keep_rows = -(-size // BLOB_CHUNK_BYTES)  # rows wholly or partly below size
+    tx.execute("DELETE FROM blob_chunks WHERE blob_id = ? AND idx >= ?", (blob_id, keep_rows))
+    idx, within = divmod(size, BLOB_CHUNK_BYTES)
+    if within:
+        tx.execute(
+            "UPDATE blob_chunks SET data = substring(data FROM 1 FOR ?)"
+            " WHERE blob_id = ? AND idx = ? AND octet_length(data) > ?",
+            (within, blob_id, idx, within),
+        )
+    return _chunks_held(tx, blob_id)
+
+
+def _chunks_write(tx: Tx, blob_id: bytes, offset: int, data: bytes) -> None:
+    # The upload must still be unfinished (the collector may have taken it meanwhile; rows
+    # written after that would never be removed).
+    if tx.one("SELECT 1 FROM blobs WHERE blob_id = ? AND complete = 0", (blob_id,)) is None:
+        raise BlobChunksMissing(blob_id.hex())
+    if _chunks_cut(tx, blob_id, offset) != offset:
+        raise BlobChunksMissing(blob_id.hex())
+    view, pos = memoryview(data), offset
+    while view:
+        idx, within = divmod(pos, BLOB_CHUNK_BYTES)
+        piece = bytes(view[: BLOB_CHUNK_BYTES - within])
+        if within:
+            tx.execute(
+                "UPDATE blob_chunks SET data = data || ? WHERE blob_id = ? AND idx = ?",
+                (piece, blob_id, idx),
+            )
+        else:
+            tx.execute(
+                "INSERT INTO blob_chunks (blob_id, idx, data) VALUES (?, ?, ?)",
+                (blob_id, idx, piece),
+            )
+        view, pos = view[len(piece) :], pos + len(piece)
+
+
+def _chunks_digest(tx: Tx, blob_id: bytes) -> tuple[int, bytes]:
+    digest, length = hashlib.sha256(), 0
+    rows = tx.one("SELECT count(*) FROM blob_chunks WHERE blob_id = ?", (blob_id,))
+    for idx in range(0 if rows is None else int(rows[0])):  # one row at a time: bounded memory
+        row = tx.one("SELECT data FROM blob_chunks WHERE blob_id = ? AND idx = ?", (blob_id, idx))
+        if row is None:  # a gap: the bytes are not what was uploaded
+            return -1, b""
+        digest.update(row[0])
+        length += len(row[0])
+    return length, digest.digest()
+
+
+def _chunks_read(tx: Tx, blob_id: bytes, offset: int, length: int) -> bytes:
+    first, last = offset // BLOB_CHUNK_BYTES, (offset + length - 1) // BLOB_CHUNK_BYTES
+    rows = tx.all(
+        "SELECT idx, data FROM blob_chunks WHERE blob_id = ? AND idx BETWEEN ? AND ? ORDER BY idx",
+        (blob_id, first, last),
+    )
+    if not rows and tx.one("SELECT 1 FROM blob_chunks WHERE blob_id = ?", (blob_id,)) is None:
+        raise BlobChunksMissing(blob_id.hex())
+    out = bytearray()
+    for idx, data in rows:
+        if idx != first + len(out) // BLOB_CHUNK_BYTES or len(out) % BLOB_CHUNK_BYTES:
+            break  # a gap or a short row before the end: stop at what is contiguous
+        out += data
+    start = offset - first * BLOB_CHUNK_BYTES
+    return bytes(out[start : start + length])
+
+
+def _chunks_remove(tx: Tx, blob_ids: list[bytes]) -> int:
+    return sum(
+        1
+        for blob_id in blob_ids
+        if tx.execute("DELETE FROM blob_chunks WHERE blob_id = ?", (blob_id,)) > 0
+    )
 
 
 class _DeadAtBegin(Exception):

@@ -1,4 +1,9 @@
-"""Attachment blobs against the real daemon over TLS: upload, resume, limits, access, expiry."""
+"""Attachment blobs against the real daemon over TLS: upload, resume, limits, access, expiry.
+
+Every test but the backup one runs on both storage engines (the ``engine`` fixture): with
+SQLite the bytes are files in the state directory, with PostgreSQL ``blob_chunks`` rows (any
+node of a cluster serves any blob). :class:`Engine` looks at where the bytes are.
+"""
 
 from __future__ import annotations
 
@@ -11,26 +16,89 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import trio
+from pg import PgServer
 from support import Server, make_config, new_message_id
 
 from momedod.admin.ctl import _show_server_stats
 from momedod.client.blobs import download_blob, upload_blob
 from momedod.client.transport import Client, ServerError, connect
-from momedod.config import AttachmentsConfig
+from momedod.config import AttachmentsConfig, StorageConfig
 from momedod.protocol import frames as f
 from momedod.protocol.errors import ErrorCode
 from momedod.server.blobstore import BlobFiles
 from momedod.server.daemon import serve
+from momedod.store import postgres
+from momedod.store.postgres import BLOB_CHUNK_BYTES
 
 MIB = 1 << 20
 CHUNK = f.MAX_BLOB_CHUNK
 
 
-async def start(tmp_path: Path, nursery: trio.Nursery, **attachments: Any) -> Server:
+class Engine:
+    """One storage engine under test, and where it keeps the bytes of blobs."""
+
+    def __init__(self, name: str, dsn: str | None = None) -> None:
+        self.name, self.dsn = name, dsn
+
+    def __repr__(self) -> str:
+        return self.name
+
+    def storage(self) -> StorageConfig:
+        if self.dsn is None:
+            return StorageConfig()
+        return StorageConfig(engine="postgres", dsn=self.dsn, pool_size=4)
+
+    def stored(self, server: Server) -> dict[bytes, bytes]:
+        """Every blob's bytes the server holds (complete or not), by blob ID."""
+        if self.dsn is None:
+            files = [p for p in (server.state_dir / "blobs").rglob("*") if p.is_file()]
+            return {bytes.fromhex(p.name): p.read_bytes() for p in files}
+        # With PostgreSQL nothing is written into the state directory's blob directory.
+        assert not any(p.is_file() for p in (server.state_dir / "blobs").rglob("*"))
+        held: dict[bytes, bytes] = {}
+        with psycopg.connect(self.dsn) as conn:
+            rows = conn.execute("SELECT blob_id, idx, data FROM blob_chunks ORDER BY blob_id, idx")
+            for blob_id, idx, data in rows:
+                got = held.setdefault(bytes(blob_id), b"")
+                assert len(got) == idx * BLOB_CHUNK_BYTES  # full rows, numbered from 0
+                held[bytes(blob_id)] = got + bytes(data)
+        return held
+
+    def lose_tail(self, server: Server, blob_id: bytes, keep: int) -> None:
+        """What a crash can leave of an unfinished upload: only its first ``keep`` bytes."""
+        if self.dsn is None:
+            os.truncate(blob_files(server).partial_path(blob_id), keep)
+            return
+        idx, within = divmod(keep, BLOB_CHUNK_BYTES)
+        with psycopg.connect(self.dsn) as conn:
+            conn.execute("DELETE FROM blob_chunks WHERE blob_id = %s AND idx > %s", (blob_id, idx))
+            conn.execute(
+                "UPDATE blob_chunks SET data = substring(data FROM 1 FOR %s)"
+                " WHERE blob_id = %s AND idx = %s",
+                (within, blob_id, idx),
+            )
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    if request.param == "sqlite":
+        return Engine("sqlite")
+    pg: PgServer = request.getfixturevalue("pg_server")
+    return Engine("postgres", pg.new_dsn())
+
+
+async def start(
+    tmp_path: Path, nursery: trio.Nursery, engine: Engine | None = None, **attachments: Any
+) -> Server:
     config = make_config(tmp_path / "state")
-    config = replace(config, attachments=replace(AttachmentsConfig(), **attachments))
+    config = replace(
+        config,
+        attachments=replace(AttachmentsConfig(), **attachments),
+        storage=(engine or Engine("sqlite")).storage(),
+    )
     daemon = await nursery.start(serve, config)
     return Server(daemon, config.server.state_dir)
 
@@ -63,26 +131,26 @@ async def receive_deliver(client: Client) -> f.Deliver:
 
 
 async def test_20_mib_round_trip_and_the_blob_directory_holds_exactly_those_bytes(
-    tmp_path, nursery
+    tmp_path, nursery, engine
 ):
-    server = await start(tmp_path, nursery)
+    server = await start(tmp_path, nursery, engine)
     alice = await server.enroll("Alice")
     data = secrets.token_bytes(20 * MIB)
     blob_id = secrets.token_bytes(16)
     async with connect(alice) as a:
         await upload_blob(a, blob_id, data)
         assert await download_blob(a, blob_id, expected_size=len(data)) == data
-    stored = [p for p in (server.state_dir / "blobs").rglob("*") if p.is_file()]
-    assert stored == [blob_files(server).path(blob_id)]
-    assert stored[0].read_bytes() == data  # the bytes uploaded, nothing added or decoded
-    assert oct(stored[0].stat().st_mode & 0o777) == "0o600"
+    assert engine.stored(server) == {blob_id: data}  # the bytes uploaded, nothing added
+    if engine.name == "sqlite":
+        path = blob_files(server).path(blob_id)
+        assert path.read_bytes() == data and oct(path.stat().st_mode & 0o777) == "0o600"
     stats = await server.admin("server.stats")
     assert stats["blob_bytes"] == len(data) and stats["blobs"] == 1
     assert "Attachments:     20.0 MiB in 1 file" in _show_server_stats(stats, Namespace())
 
 
-async def test_upload_from_a_file_path(tmp_path, nursery):
-    server = await start(tmp_path, nursery)
+async def test_upload_from_a_file_path(tmp_path, nursery, engine):
+    server = await start(tmp_path, nursery, engine)
     alice = await server.enroll("Alice")
     path = tmp_path / "photo.bin"
     path.write_bytes(secrets.token_bytes(3 * CHUNK + 5))
@@ -92,8 +160,8 @@ async def test_upload_from_a_file_path(tmp_path, nursery):
         assert await download_blob(a, blob_id) == path.read_bytes()
 
 
-async def test_interrupted_upload_resumes_at_the_servers_offset(tmp_path, nursery):
-    server = await start(tmp_path, nursery)
+async def test_interrupted_upload_resumes_at_the_servers_offset(tmp_path, nursery, engine):
+    server = await start(tmp_path, nursery, engine)
     alice = await server.enroll("Alice")
     data = secrets.token_bytes(8 * MIB)
     blob_id = secrets.token_bytes(16)
@@ -112,8 +180,8 @@ async def test_interrupted_upload_resumes_at_the_servers_offset(tmp_path, nurser
         assert await download_blob(a, blob_id) == data
 
 
-async def test_resume_trusts_the_shorter_file_after_a_crash(tmp_path, nursery):
-    server = await start(tmp_path, nursery)
+async def test_resume_trusts_the_shorter_file_after_a_crash(tmp_path, nursery, engine):
+    server = await start(tmp_path, nursery, engine)
     alice = await server.enroll("Alice")
     data = secrets.token_bytes(4 * CHUNK)
     blob_id = secrets.token_bytes(16)
@@ -121,7 +189,7 @@ async def test_resume_trusts_the_shorter_file_after_a_crash(tmp_path, nursery):
         await a.blob_start(blob_id, len(data))
         for offset in range(0, 3 * CHUNK, CHUNK):
             await a.blob_chunk(blob_id, offset, data[offset : offset + CHUNK])
-    os.truncate(blob_files(server).partial_path(blob_id), CHUNK + 10)  # the tail was lost
+    engine.lose_tail(server, blob_id, CHUNK + 10)
     async with connect(alice) as a:
         status = await a.blob_start(blob_id, len(data))
         assert status.received == CHUNK + 10 and not status.complete
@@ -129,8 +197,8 @@ async def test_resume_trusts_the_shorter_file_after_a_crash(tmp_path, nursery):
         assert await download_blob(a, blob_id) == data
 
 
-async def test_over_the_limit_is_refused_before_any_data_is_sent(tmp_path, nursery):
-    server = await start(tmp_path, nursery, max_file_mib=25)
+async def test_over_the_limit_is_refused_before_any_data_is_sent(tmp_path, nursery, engine):
+    server = await start(tmp_path, nursery, engine, max_file_mib=25)
     alice = await server.enroll("Alice")
     async with connect(alice) as a:
         with pytest.raises(ServerError) as info:
@@ -141,11 +209,11 @@ async def test_over_the_limit_is_refused_before_any_data_is_sent(tmp_path, nurse
         with pytest.raises(ServerError, match="TOO_LARGE"):
             await upload_blob(a, secrets.token_bytes(16), bytes(25 * MIB + 1))
         assert sent[0] == 0
-    assert not any(p.is_file() for p in (server.state_dir / "blobs").rglob("*"))
+    assert engine.stored(server) == {}
 
 
-async def test_quota_counts_complete_and_unfinished_uploads(tmp_path, nursery):
-    server = await start(tmp_path, nursery, max_file_mib=1, quota_mib_per_user=2)
+async def test_quota_counts_complete_and_unfinished_uploads(tmp_path, nursery, engine):
+    server = await start(tmp_path, nursery, engine, max_file_mib=1, quota_mib_per_user=2)
     alice = await server.enroll("Alice")
     bob = await server.enroll("Bob")
     async with connect(alice) as a:
@@ -159,8 +227,8 @@ async def test_quota_counts_complete_and_unfinished_uploads(tmp_path, nursery):
         await upload_blob(b, secrets.token_bytes(16), secrets.token_bytes(MIB))
 
 
-async def test_blob_ids_conflicts_and_offsets(tmp_path, nursery):
-    server = await start(tmp_path, nursery)
+async def test_blob_ids_conflicts_and_offsets(tmp_path, nursery, engine):
+    server = await start(tmp_path, nursery, engine)
     alice = await server.enroll("Alice")
     bob = await server.enroll("Bob")
     blob_id = secrets.token_bytes(16)
@@ -182,8 +250,8 @@ async def test_blob_ids_conflicts_and_offsets(tmp_path, nursery):
         await a.ping()  # all of that was non-fatal
 
 
-async def test_a_bad_sha256_discards_the_upload(tmp_path, nursery):
-    server = await start(tmp_path, nursery)
+async def test_a_bad_sha256_discards_the_upload(tmp_path, nursery, engine):
+    server = await start(tmp_path, nursery, engine)
     alice = await server.enroll("Alice")
     data = secrets.token_bytes(CHUNK + 1)
     blob_id = secrets.token_bytes(16)
@@ -194,7 +262,7 @@ async def test_a_bad_sha256_discards_the_upload(tmp_path, nursery):
         with pytest.raises(ServerError) as info:
             await a.blob_finish(blob_id, hashlib.sha256(b"something else").digest())
         assert info.value.code == ErrorCode.BAD_REQUEST and "SHA-256" in info.value.message
-        assert not blob_files(server).partial_path(blob_id).exists()
+        assert engine.stored(server) == {}
         with pytest.raises(ServerError, match="NOT_FOUND"):
             await a.blob_get(blob_id, 0, 10)
         status = await a.blob_start(blob_id, len(data))  # starts over
@@ -202,8 +270,8 @@ async def test_a_bad_sha256_discards_the_upload(tmp_path, nursery):
         await upload_blob(a, blob_id, data)
 
 
-async def test_only_the_uploader_and_granted_users_may_read(tmp_path, nursery):
-    server = await start(tmp_path, nursery)
+async def test_only_the_uploader_and_granted_users_may_read(tmp_path, nursery, engine):
+    server = await start(tmp_path, nursery, engine)
     alice = await server.enroll("Alice")
     bob = await server.enroll("Bob")
     carol = await server.enroll("Carol")
@@ -234,8 +302,10 @@ async def test_only_the_uploader_and_granted_users_may_read(tmp_path, nursery):
         assert await download_blob(c, blob_id) == data
 
 
-async def test_send_blobs_with_a_foreign_or_unfinished_blob_stores_nothing(tmp_path, nursery):
-    server = await start(tmp_path, nursery)
+async def test_send_blobs_with_a_foreign_or_unfinished_blob_stores_nothing(
+    tmp_path, nursery, engine
+):
+    server = await start(tmp_path, nursery, engine)
     alice = await server.enroll("Alice")
     bob = await server.enroll("Bob")
     theirs, unfinished = secrets.token_bytes(16), secrets.token_bytes(16)
@@ -251,10 +321,10 @@ async def test_send_blobs_with_a_foreign_or_unfinished_blob_stores_nothing(tmp_p
         assert stats["mailbox_entries"] == 0
 
 
-async def test_collector_removes_expired_blobs_and_abandoned_uploads(tmp_path, nursery):
+async def test_collector_removes_expired_blobs_and_abandoned_uploads(tmp_path, nursery, engine):
     kept, loose, partial = (secrets.token_bytes(16) for _ in range(3))
     async with trio.open_nursery() as first:  # uploads under the default (long) TTLs
-        server = await start(tmp_path, first)
+        server = await start(tmp_path, first, engine)
         alice = await server.enroll("Alice")
         bob = await server.enroll("Bob")
         async with connect(alice) as a:
@@ -267,14 +337,15 @@ async def test_collector_removes_expired_blobs_and_abandoned_uploads(tmp_path, n
             await a.blob_chunk(partial, 0, b"x" * 100)  # abandoned
         first.cancel_scope.cancel()
     # The same state with tiny TTLs and a collector running every 50 ms.
-    server = await start(tmp_path, nursery, ttl_days=0, partial_ttl_hours=0, collect_interval=0.05)
-    files = blob_files(server)
+    server = await start(
+        tmp_path, nursery, engine, ttl_days=0, partial_ttl_hours=0, collect_interval=0.05
+    )
     alice, bob = (replace(c, port=server.address[1]) for c in (alice, bob))
     with trio.fail_after(5):
-        while files.path(loose).exists() or files.partial_path(partial).exists():
+        while loose in (held := engine.stored(server)) or partial in held:
             await trio.sleep(0.02)
     await trio.sleep(0.2)  # a few more runs: the referenced blob stays
-    assert files.path(kept).exists()
+    assert engine.stored(server) == {kept: b"k" * 1000}
     async with connect(alice) as a, connect(bob) as b:
         with pytest.raises(ServerError, match="NOT_FOUND"):
             await a.blob_get(loose, 0, 1)
@@ -282,17 +353,16 @@ async def test_collector_removes_expired_blobs_and_abandoned_uploads(tmp_path, n
         assert await download_blob(b, kept) == b"k" * 1000
         await b.ack([got.seq])  # the last reference goes: the blob expires (TTL 0)
         with trio.fail_after(5):
-            while files.path(kept).exists():
+            while engine.stored(server):
                 await trio.sleep(0.02)
     stats = await server.admin("server.stats")
     assert stats["blobs"] == 0 and stats["blob_bytes"] == 0
-    assert not any(p.is_file() for p in (server.state_dir / "blobs").rglob("*"))
 
 
 async def test_a_full_disk_answers_an_error_and_the_server_keeps_serving(
-    tmp_path, nursery, monkeypatch
+    tmp_path, nursery, monkeypatch, engine
 ):
-    server = await start(tmp_path, nursery)
+    server = await start(tmp_path, nursery, engine)
     alice = await server.enroll("Alice")
     data = secrets.token_bytes(2 * CHUNK)
     blob_id = secrets.token_bytes(16)
@@ -300,11 +370,17 @@ async def test_a_full_disk_answers_an_error_and_the_server_keeps_serving(
     def full(self: BlobFiles, blob_id: bytes, offset: int, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    def full_db(tx: Any, blob_id: bytes, offset: int, data: bytes) -> None:
+        raise psycopg.errors.DiskFull("could not extend file: No space left on device")
+
     async with connect(alice) as a:
         await a.blob_start(blob_id, len(data))
         await a.blob_chunk(blob_id, 0, data[:CHUNK])
         with monkeypatch.context() as patch:
-            patch.setattr(BlobFiles, "_write", full)
+            if engine.name == "sqlite":
+                patch.setattr(BlobFiles, "_write", full)
+            else:
+                patch.setattr(postgres, "_chunks_write", full_db)
             with pytest.raises(ServerError) as info:
                 await a.blob_chunk(blob_id, CHUNK, data[CHUNK:])
         assert info.value.code == ErrorCode.INTERNAL and "disk is full" in info.value.message
@@ -314,6 +390,7 @@ async def test_a_full_disk_answers_an_error_and_the_server_keeps_serving(
 
 
 async def test_backup_holds_the_complete_blobs_and_restore_brings_them_back(tmp_path, nursery):
+    # SQLite only: a PostgreSQL store is backed up with PostgreSQL's tools (docs/ADMIN.md).
     from momedod.store.backup import restore_backup, verify_backup
 
     server = await start(tmp_path, nursery)
