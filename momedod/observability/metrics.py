@@ -478,7 +478,33 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
-def serve(address: str, port: int) -> Any:
-    """Start the /metrics HTTP server on its own thread; returns the server (``.shutdown()``)."""
-    server, _thread = start_http_server(port, addr=address, registry=REGISTRY)
+class _NodeLabelled:
+    """Every series of ``REGISTRY`` with a ``node`` label added (cluster mode), so the nodes'
+    metrics stay apart in one Prometheus even when they are scraped through one address."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+
+    def collect(self) -> Any:
+        for family in REGISTRY.collect():
+            family.samples = [
+                s if "node" in s.labels else s._replace(labels={**s.labels, "node": self.node})
+                for s in family.samples
+            ]
+            yield family
+
+
+def node_registry(node: str) -> CollectorRegistry:
+    """A registry that serves ``REGISTRY``'s series, each labelled ``node=NODE``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_NodeLabelled(node))  # type: ignore[arg-type]
+    return registry
+
+
+def serve(address: str, port: int, node: str | None = None) -> Any:
+    """Start the /metrics HTTP server on its own thread; returns the server (``.shutdown()``).
+
+    With ``node`` (a cluster node's name) every series carries the label ``node``."""
+    registry = REGISTRY if node is None else node_registry(node)
+    server, _thread = start_http_server(port, addr=address, registry=registry)
     return server

@@ -612,7 +612,11 @@ async def serve(
         daemon.org_fp = await _stored_org_fp(store)
         if config.metrics.enabled:
             try:
-                metrics_server = metrics.serve(config.metrics.address, config.metrics.port)
+                metrics_server = metrics.serve(
+                    config.metrics.address,
+                    config.metrics.port,
+                    node=daemon.node_name if config.cluster.enabled else None,
+                )
             except OSError as e:
                 raise StartupError(
                     f"cannot serve metrics on {config.metrics.address}:{config.metrics.port}: "

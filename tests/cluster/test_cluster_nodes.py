@@ -12,6 +12,7 @@ import json
 import statistics
 import subprocess
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -181,6 +182,24 @@ async def test_live_delivery_from_a_sender_on_a_to_a_recipient_on_b(nodes: Nodes
     # Woken by a hint, not by a poll or a heartbeat (HEARTBEAT is 0.2 s).
     assert statistics.median(cross) < HEARTBEAT / 2
     assert admin_call(nodes.b.socket, "server.info")["node"] == "node-b"
+    # Every series of each node's /metrics carries its node label.
+    for node, name in ((nodes.a, "node-a"), (nodes.b, "node-b")):
+        text = await trio.to_thread.run_sync(scrape, node.metrics_port)
+        samples = [line for line in text.splitlines() if line and not line.startswith("#")]
+        assert samples and all(f'node="{name}"' in line for line in samples), name
+    assert metric_value(scrape(nodes.b.metrics_port), "momedod_messages_delivered_total") >= count
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        return str(r.read().decode())
+
+
+def metric_value(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
 
 
 async def test_sigkill_of_node_a_during_traffic_loses_and_duplicates_nothing(
