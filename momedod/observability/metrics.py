@@ -497,7 +497,7 @@ class _NodeLabelled:
 def node_registry(node: str) -> CollectorRegistry:
     """A registry that serves ``REGISTRY``'s series, each labelled ``node=NODE``."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_NodeLabelled(node))  # type: ignore[arg-type]
+    registry.register(_NodeLabelled(node))
     return registry
 
 
