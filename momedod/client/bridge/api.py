@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import json
+import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -117,6 +120,25 @@ def _message(doc: Any, attachments: list[OutAttachment]) -> OutMessage:
     return OutMessage(to, group, text, attachments, metadata, raw_reply)
 
 
+_IDEMPOTENCY_KEY = re.compile(r"[!-~]{1,100}")
+
+
+def _fingerprint(out: OutMessage) -> str:
+    """What a send asks for, as a digest: a key reused for another request is refused."""
+    doc = {
+        "to": out.to,
+        "group": out.group,
+        "text": out.text,
+        "metadata": out.metadata,
+        "reply_to": out.reply_to.hex(),
+        "attachments": [
+            [a.name, a.mime, hashlib.sha256(a.data).hexdigest(), a.location]
+            for a in out.attachments
+        ],
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
 async def _parse_send(request: Request) -> OutMessage:
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
@@ -197,12 +219,39 @@ def build_app(
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 
+    sending: dict[str, trio.Lock] = {}  # Idempotency-Key -> the send running with it
+
     async def post_message(request: Request) -> Response:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > MAX_BODY:
             return _error(413, f"request body larger than {MAX_BODY} bytes")
+        key = request.headers.get("idempotency-key")
+        if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
+            return _error(400, "Idempotency-Key: 1 to 100 visible ASCII characters")
         out = await _parse_send(request)
-        return JSONResponse(await bridge.send(out), status_code=201)
+        if key is None:
+            return JSONResponse(await bridge.send(out), status_code=201)
+        # A retry with the same key (e.g. after the answer was lost) gets the first answer
+        # and sends nothing; a retry arriving while the first still runs waits for it.
+        fingerprint = _fingerprint(out)
+        lock = sending.setdefault(key, trio.Lock())
+        try:
+            async with lock:
+                found = await trio.to_thread.run_sync(bridge.inbox.idempotent, key)
+                if found is not None:
+                    if found[0] != fingerprint:
+                        return _error(422, "Idempotency-Key was used for a different request")
+                    return JSONResponse(
+                        found[1], status_code=201, headers={"Idempotent-Replayed": "true"}
+                    )
+                result = await bridge.send(out)
+                await trio.to_thread.run_sync(
+                    bridge.inbox.remember, key, fingerprint, result, int(time.time() * 1000)
+                )
+                return JSONResponse(result, status_code=201)
+        finally:
+            if sending.get(key) is lock and lock.statistics().tasks_waiting == 0:
+                del sending[key]
 
     async def list_messages(request: Request) -> Response:
         try:

@@ -24,6 +24,9 @@ BRIDGE_DIR = "bridge"
 DB_NAME = "inbox.sqlite"
 ATTACHMENT_DIR = "attachments"
 
+IDEMPOTENCY_MS = 24 * 3600 * 1000
+"""How long the answer to a send with an ``Idempotency-Key`` is kept for a retry."""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     cursor INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -42,6 +45,12 @@ CREATE TABLE IF NOT EXISTS sent (
     msg_id TEXT PRIMARY KEY,
     sent_ms INTEGER NOT NULL,
     body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS idempotency (
+    key TEXT PRIMARY KEY,
+    created_ms INTEGER NOT NULL,
+    request TEXT NOT NULL,
+    response TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS webhook (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -146,6 +155,28 @@ class Inbox:
         with self._lock:
             row = self._db.execute("SELECT body FROM sent WHERE msg_id = ?", (msg_id,)).fetchone()
         return None if row is None else {"id": msg_id, **json.loads(row[0])}
+
+    def idempotent(self, key: str) -> tuple[str, dict[str, Any]] | None:
+        """The request fingerprint and the answer of the send made with ``key``, if any."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT request, response FROM idempotency WHERE key = ?", (key,)
+            ).fetchone()
+        return None if row is None else (str(row[0]), json.loads(row[1]))
+
+    def remember(self, key: str, request: str, response: dict[str, Any], now_ms: int) -> None:
+        """Keep the answer of a send made with ``key`` for IDEMPOTENCY_MS (older keys go)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "DELETE FROM idempotency WHERE created_ms < ?", (now_ms - IDEMPOTENCY_MS,)
+            )
+            self._db.execute(
+                "INSERT OR REPLACE INTO idempotency (key, created_ms, request, response)"
+                " VALUES (?, ?, ?, ?)",
+                (key, now_ms, request, json.dumps(response, ensure_ascii=False)),
+            )
+            self._db.execute("COMMIT")
 
     def last_cursor(self) -> int:
         with self._lock:
