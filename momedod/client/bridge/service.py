@@ -32,7 +32,12 @@ import structlog
 import trio
 
 from momedod.client import blobs
-from momedod.client.attachments import fetch_attachment, image_size, message_pointers
+from momedod.client.attachments import (
+    fetch_attachment,
+    image_size,
+    message_pointers,
+    pointer_json,
+)
 from momedod.client.bridge.inbox import BRIDGE_DIR, Inbox, NewAttachment
 from momedod.client.messenger import (
     KeyChangedError,
@@ -137,11 +142,9 @@ class OutMessage:
     reply_to: bytes = b""
 
 
-def _location(ptr: AttachmentPointer) -> dict[str, float] | None:
-    if not ptr.has_location:
-        return None
-    assert ptr.lat is not None and ptr.lon is not None
-    return {"lat": ptr.lat, "lon": ptr.lon, "accuracy_m": ptr.accuracy_m}
+# What an inbound attachment shows of its pointer (never the key, nor the blob ID: the API
+# serves the decrypted bytes by the bridge's own ID).
+_ATTACHMENT_FIELDS = ("name", "mime", "size", "width", "height", "taken_ms", "location")
 
 
 class Bridge:
@@ -257,16 +260,8 @@ class Bridge:
             pointers = []
         for i, ptr in enumerate(pointers):
             ident = f"{msg.msg_id}-{i}"
-            entry: dict[str, Any] = {
-                "id": ident,
-                "name": ptr.name,
-                "mime": ptr.mime,
-                "size": ptr.size,
-                "width": ptr.width,
-                "height": ptr.height,
-                "taken_ms": ptr.taken_ms,
-                "location": _location(ptr),
-            }
+            shown = pointer_json(ptr)
+            entry: dict[str, Any] = {"id": ident, **{k: shown[k] for k in _ATTACHMENT_FIELDS}}
             try:
                 data = await fetch_attachment(msgr, ptr)
                 files.append(NewAttachment(ident, ptr.name, ptr.mime, data))
